@@ -1,0 +1,98 @@
+"""The ``jobsvc`` command: ``jobsvc serve`` and ``jobsvc migrate``.
+
+The CLI only turns flags and ``JOBSVC_*`` variables into :class:`~jobsvc.config.Settings`
+and calls ``trio.run``; errors in the configuration are one clear line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from . import __version__
+from .config import Settings
+from .errors import ConfigError, StoreUnavailable
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobsvc", description="A durable HTTP job-processing service.")
+    parser.add_argument("--version", action="version", version=f"jobsvc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service and its workers")
+    d = Settings()
+    serve.add_argument("--bind", help=f"HOST:PORT to listen on; port 0 picks a free port (default {d.bind})")
+    serve.add_argument("--db", help=f"database URL: sqlite:///path, memory:, postgresql://... (default {d.db})")
+    serve.add_argument("--tasks", action="append", metavar="MODULE", help="module whose @task handlers are registered (repeatable)")
+    serve.add_argument("--workers", type=int, help=f"concurrent jobs (default {d.workers})")
+    serve.add_argument("--grace", type=float, help=f"seconds running jobs get to finish on shutdown (default {d.grace:g})")
+    serve.add_argument("--max-pending", type=int, help=f"pending jobs above which submissions get 429 (default {d.max_pending})")
+    serve.add_argument("--max-attempts", type=int, help=f"default attempts per job (default {d.max_attempts})")
+    serve.add_argument("--backoff-base", type=float, help=f"first retry delay ceiling, seconds (default {d.backoff_base:g})")
+    serve.add_argument("--backoff-cap", type=float, help=f"longest retry delay, seconds (default {d.backoff_cap:g})")
+    serve.add_argument("--timeout", type=float, help=f"default per-attempt timeout, seconds (default {d.timeout:g})")
+    serve.add_argument("--lease", type=float, help=f"lease of a running job, seconds (default {d.lease:g})")
+    serve.add_argument("--heartbeat", type=float, help=f"lease renewal and rescue sweep interval (default {d.heartbeat:g})")
+    serve.add_argument("--max-rescues", type=int, help=f"rescues before a job is dead-lettered (default {d.max_rescues})")
+    serve.add_argument("--poll", type=float, help=f"fallback poll for due jobs, seconds (default {d.poll:g})")
+    serve.add_argument("--retention", type=float, help=f"seconds finished jobs are kept; 0 keeps them forever (default {d.retention:g})")
+    serve.add_argument("--max-body", type=int, help=f"largest request body, bytes (default {d.max_body})")
+    serve.add_argument("--migrate", action="store_const", const=True, help="apply pending PostgreSQL schema migrations at start-up")
+    serve.add_argument("--log-level", help=f"debug, info, warning or error (default {d.log_level})")
+
+    migrate = sub.add_parser("migrate", help="apply pending schema migrations")
+    migrate.add_argument("--db", help="database URL (default: JOBSVC_DB, else the SQLite default)")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _listening(binds: list[str]) -> None:
+    for bind in binds:
+        print(f"listening on {bind}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = Settings.from_sources(flags, os.environ)
+        _setup_logging(settings.log_level)
+        if args.command == "migrate":
+            from .store import migrate
+
+            applied = trio.run(migrate, settings.database)
+            print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "the schema is up to date")
+            return 0
+        from .server import run_service
+        from .tasks import Registry
+
+        registry = Registry.from_modules(settings.tasks)
+        trio.run(partial(run_service, settings, registry=registry, handle_signals=True, on_listening=_listening))
+    except ConfigError as exc:
+        print(f"jobsvc: error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"jobsvc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover - signals are handled inside trio.run
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""The input boundary: JSON bytes -> validated requests, jobs -> JSON. Pure: no I/O, no trio.
+
+One cattrs converter (``make_converter``), never cattrs' global one. Primitives are
+structured strictly: ``"3"`` is not an int, ``true`` is not an int, ``1`` is not a string.
+Validation errors become ``"<what> @ $.path"`` messages through ``cattrs.transform_error``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import cattrs
+import cattrs.v
+from cattrs.strategies import configure_union_passthrough
+
+from .errors import BadRequest, InvalidJob
+from .models import ErrorRecord, Job
+
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "JobRequest",
+    "SeedRequest",
+    "converter",
+    "fingerprint",
+    "iso",
+    "job_to_json",
+    "make_converter",
+    "parse_json",
+    "structure",
+    "structure_request",
+]
+
+#: Deepest nesting accepted in a request body (CPython's parser itself fails near 1,000).
+MAX_JSON_DEPTH = 32
+MAX_ID_LENGTH = 128
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]*")
+MAX_DELAY = 366 * 86400.0
+MAX_TIMEOUT = 86400.0
+
+
+def _strict_str(value: Any, _t: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _t: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_float(value: Any, _t: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _strict_bool(value: Any, _t: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def make_converter() -> cattrs.Converter:
+    """The converter jobsvc uses at its boundary: extra keys are errors; primitives strict."""
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(bool, _strict_bool)
+    configure_union_passthrough(str | int | float | bool | None, conv)
+    return conv
+
+
+converter = make_converter()
+
+
+def structure(value: Any, type_: Any, *, path: str = "$") -> Any:
+    """Structure ``value`` as ``type_``; InvalidJob listing every problem with its path."""
+    if attrs.has(type_) and not isinstance(value, dict):
+        messages = [f"expected a JSON object, got {_json_type(value)} @ {path}"]
+        raise InvalidJob("the submission is invalid: " + "; ".join(messages), errors=messages)
+    try:
+        return converter.structure(value, type_)
+    except (cattrs.BaseValidationError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            messages = cattrs.transform_error(exc, path=path, format_exception=_format_exception)
+        else:
+            messages = [f"{_format_exception(exc, type_)} @ {path}"]
+        raise InvalidJob("the submission is invalid: " + "; ".join(messages), errors=messages) from None
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)  # our validators say what is wrong and name the field
+    if isinstance(exc, AttributeError):
+        return f"expected a JSON object for {getattr(type_, '__name__', type_)}"
+    return cattrs.v.format_exception(exc, type_)
+
+
+# -- JSON bodies ---------------------------------------------------------------------
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body; BadRequest (400) for anything that is not plain, sane JSON:
+    invalid UTF-8 or syntax, NaN/Infinity, duplicate keys, nesting deeper than
+    MAX_JSON_DEPTH, integers too long to convert."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    if not text.strip():
+        raise BadRequest("the request body is empty; send a JSON object")
+    try:
+        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise BadRequest(f"the JSON body is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not acceptable JSON: {exc}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the JSON body is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+# -- requests ------------------------------------------------------------------------
+
+
+def _check_id(value: str | int | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return "a numeric job id must not be negative" if value < 0 else None
+    if len(value) > MAX_ID_LENGTH or not _ID_RE.fullmatch(value):
+        return (
+            f"a job id is 1 to {MAX_ID_LENGTH} characters: letters, digits and . _ : @ + = -, "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def _between(name: str, value: float | None, low: float, high: float) -> str | None:
+    if value is not None and not (low <= value <= high):
+        return f"{name} must be between {low:g} and {high:g}, not {value!r}"
+    return None
+
+
+def parse_time(text: str) -> float:
+    """ISO 8601 with a time zone -> epoch seconds."""
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"run_at must be an ISO 8601 time such as 2026-01-31T12:00:00Z, not {text!r}") from None
+    if moment.tzinfo is None:
+        raise ValueError("run_at must carry a time zone (for example a trailing Z for UTC)")
+    return moment.timestamp()
+
+
+@attrs.frozen(kw_only=True)
+class JobRequest:
+    """The body of ``POST /jobs`` (and each item of ``POST /jobs/batch``)."""
+
+    task: str
+    payload: Any = None
+    id: str | int | None = None
+    max_attempts: int | None = None
+    delay: float | None = None
+    run_at: str | None = None
+    priority: int = 0
+    timeout: float | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        return None if self.id is None else str(self.id)
+
+    def problems(self, path: str = "$") -> list[str]:
+        """What is wrong beyond types, as ``"<message> @ <path>"``."""
+        found: list[tuple[str, str | None]] = [
+            ("task", "task must not be empty" if not self.task else None),
+            ("id", _check_id(self.id)),
+            ("max_attempts", _between("max_attempts", self.max_attempts, 1, 1000)),
+            ("delay", _between("delay", self.delay, 0, MAX_DELAY)),
+            ("priority", _between("priority", self.priority, -1000, 1000)),
+            ("timeout", _between("timeout", self.timeout, 0.001, MAX_TIMEOUT)),
+        ]
+        if self.run_at is not None:
+            try:
+                parse_time(self.run_at)
+            except ValueError as exc:
+                found.append(("run_at", str(exc)))
+            if self.delay is not None:
+                found.append(("run_at", "give either delay or run_at, not both"))
+        return [f"{message} @ {path}.{field}" for field, message in found if message]
+
+
+@attrs.frozen(kw_only=True)
+class SeedRequest:
+    """The seed service's ``POST /submit`` body: ``{"id": 1, "task_type": "email", "payload": "..."}``."""
+
+    id: str | int | None = None
+    task_type: str
+    payload: Any = None
+
+    def to_request(self) -> JobRequest:
+        return JobRequest(task=self.task_type, payload=self.payload, id=self.id)
+
+
+def structure_request(value: Any, *, path: str = "$", seed: bool = False) -> JobRequest:
+    """A request body -> JobRequest, or InvalidJob naming every problem with its path."""
+    if seed:
+        request = structure(value, SeedRequest, path=path).to_request()
+        problems = [p.replace(f"{path}.task", f"{path}.task_type") for p in request.problems(path)]
+    else:
+        request = structure(value, JobRequest, path=path)
+        problems = request.problems(path)
+    if problems:
+        raise InvalidJob("the submission is invalid: " + "; ".join(problems), errors=problems)
+    return request
+
+
+def fingerprint(request: JobRequest) -> str:
+    """A stable hash of what was asked, to tell a replay (same body) from a conflict."""
+    body = {
+        "task": request.task,
+        "payload": request.payload,
+        "max_attempts": request.max_attempts,
+        "delay": request.delay,
+        "run_at": request.run_at,
+        "priority": request.priority,
+        "timeout": request.timeout,
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- responses -----------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error_json(e: ErrorRecord) -> dict[str, Any]:
+    return {"attempt": e.attempt, "at": iso(e.at), "type": e.type, "message": e.message}
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    """The public view of a job: an allow-list (no lease owner, no fingerprint)."""
+    return {
+        "id": job.id,
+        "task": job.task,
+        "state": job.state.value,
+        "payload": job.payload,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "rescues": job.rescues,
+        "run_at": iso(job.run_at),
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "finished_at": iso(job.finished_at),
+        "result": job.result,
+        "errors": [_error_json(e) for e in job.errors],
+        "idempotency_key": job.idempotency_key,
+        "cancel_requested": job.cancel_requested,
+    }
+
+
+def check_json_result(value: Any) -> Any:
+    """A handler's return value must be JSON; raise TypeError otherwise."""
+    json.dumps(value, allow_nan=False)
+    return value
+
+
+def format_errors(messages: Sequence[str]) -> str:
+    return "; ".join(messages)

@@ -1,0 +1,192 @@
+"""Settings from command-line flags and ``JOBSVC_*`` environment variables. Pure: no I/O.
+
+Precedence: a flag beats its environment variable, which beats the default. Every
+``JOBSVC_`` variable must be known: a typo such as ``JOBSVC_WORKER=4`` is an error, not
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "DatabaseURL", "Settings", "parse_bind"]
+
+ENV_PREFIX = "JOBSVC_"
+SECONDS = 1.0
+KIB = 1024
+
+#: Variables with the prefix that are not settings but are still recognised.
+OTHER_ENV = {
+    "JOBSVC_DEMO_FAILURE_RATE": "failure rate of the demo 'email' task (jobsvc.demo), 0..1",
+}
+
+
+@attrs.frozen
+class DatabaseURL:
+    scheme: str  #: "memory", "sqlite" or "postgresql"
+    url: str
+    path: str = ""  #: SQLite file path
+
+    @classmethod
+    def parse(cls, url: str) -> DatabaseURL:
+        if url in ("memory:", "memory://"):
+            return cls("memory", url)
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///") :]
+            if not path or path.endswith("/"):
+                raise ConfigError(f"invalid database URL {url!r}: no file name after 'sqlite:///'")
+            return cls("sqlite", url, path)
+        if url.startswith(("postgresql://", "postgres://")):
+            return cls("postgresql", url)
+        raise ConfigError(
+            f"invalid database URL {url!r}; expected 'sqlite:///jobsvc.db' (relative), "
+            "'sqlite:////var/lib/jobsvc/jobs.db' (absolute), 'memory:' or "
+            "'postgresql://user@host:5432/dbname'"
+        )
+
+    @property
+    def display(self) -> str:
+        """The URL without a password, for logs."""
+        if self.scheme != "postgresql" or "@" not in self.url:
+            return self.url
+        head, _, tail = self.url.partition("://")
+        creds, _, host = tail.rpartition("@")
+        user = creds.split(":", 1)[0]
+        return f"{head}://{user}@{host}"
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[v6]:PORT' -> (host, port); port 0 picks a free port."""
+    host, sep, port_text = bind.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"invalid bind address {bind!r}; expected HOST:PORT such as 127.0.0.1:3000")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port_text)
+
+
+def _positive_int(name: str) -> Callable[[Any, Any, int], None]:
+    def check(_i: Any, _a: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}")
+
+    return check
+
+
+def _positive_float(name: str, *, allow_zero: bool = False) -> Callable[[Any, Any, float], None]:
+    def check(_i: Any, _a: Any, value: float) -> None:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, not {value!r}")
+
+    return check
+
+
+def _check_bind(_i: Any, _a: Any, value: str) -> None:
+    parse_bind(value)
+
+
+def _check_db(_i: Any, _a: Any, value: str) -> None:
+    DatabaseURL.parse(value)
+
+
+def _check_log_level(_i: Any, _a: Any, value: str) -> None:
+    if value.lower() not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(f"log level must be debug, info, warning or error, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything ``jobsvc serve`` can be told. Each field is flag ``--name-with-dashes`` and
+    variable ``JOBSVC_NAME``."""
+
+    bind: str = attrs.field(default="127.0.0.1:3000", validator=_check_bind)
+    db: str = attrs.field(default="sqlite:///jobsvc.db", validator=_check_db)
+    tasks: tuple[str, ...] = ()  #: modules whose @task handlers are registered
+    workers: int = attrs.field(default=8, validator=_positive_int("workers"))
+    grace: float = attrs.field(default=20 * SECONDS, validator=_positive_float("grace", allow_zero=True))
+    max_pending: int = attrs.field(default=10_000, validator=_positive_int("max-pending"))
+    max_attempts: int = attrs.field(default=5, validator=_positive_int("max-attempts"))
+    backoff_base: float = attrs.field(default=1 * SECONDS, validator=_positive_float("backoff-base"))
+    backoff_cap: float = attrs.field(default=300 * SECONDS, validator=_positive_float("backoff-cap"))
+    timeout: float = attrs.field(default=300 * SECONDS, validator=_positive_float("timeout"))
+    lease: float = attrs.field(default=30 * SECONDS, validator=_positive_float("lease"))
+    heartbeat: float = attrs.field(default=10 * SECONDS, validator=_positive_float("heartbeat"))
+    max_rescues: int = attrs.field(default=3, validator=_positive_int("max-rescues"))
+    poll: float = attrs.field(default=1 * SECONDS, validator=_positive_float("poll"))
+    retention: float = attrs.field(default=7 * 86400 * SECONDS, validator=_positive_float("retention", allow_zero=True))
+    max_body: int = attrs.field(default=256 * KIB, validator=_positive_int("max-body"))
+    migrate: bool = False
+    log_level: str = attrs.field(default="info", validator=_check_log_level)
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat * 2 > self.lease:
+            raise ConfigError(
+                f"lease ({self.lease:g}s) must be at least twice the heartbeat ({self.heartbeat:g}s), "
+                "or a live worker could lose its lease between two heartbeats"
+            )
+        if self.backoff_cap < self.backoff_base:
+            raise ConfigError(f"backoff-cap ({self.backoff_cap:g}s) is below backoff-base ({self.backoff_base:g}s)")
+
+    @property
+    def database(self) -> DatabaseURL:
+        return DatabaseURL.parse(self.db)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_bind(self.bind)
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """JOBSVC_* variable -> field name."""
+        return {ENV_PREFIX + f.name.upper(): f.name for f in attrs.fields(cls)}
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from parsed flags (None values mean "not given") and an environment."""
+        values: dict[str, Any] = {}
+        names = cls.env_names()
+        fields = {f.name: f for f in attrs.fields(cls)}
+        for key, raw in (environ or {}).items():
+            if not key.startswith(ENV_PREFIX) or key in OTHER_ENV:
+                continue
+            if key not in names:
+                known = ", ".join(sorted([*names, *OTHER_ENV]))
+                raise ConfigError(f"unknown environment variable {key}; known JOBSVC_ variables: {known}")
+            values[names[key]] = _from_text(names[key], fields[names[key]].type, raw, source=key)
+        for name, value in (flags or {}).items():
+            if value is not None:
+                if name not in fields:
+                    raise ConfigError(f"unknown setting {name!r}")
+                values[name] = tuple(value) if name == "tasks" else value
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:  # pragma: no cover - validators raise ConfigError
+            raise ConfigError(str(exc)) from exc
+
+
+def _from_text(name: str, type_: Any, raw: str, *, source: str) -> Any:
+    text = raw.strip()
+    kind = str(type_)
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "bool":
+            if text.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if text.lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(text)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return text
+    except ValueError:
+        raise ConfigError(f"{source}={raw!r} is not a valid {kind} for {name}") from None

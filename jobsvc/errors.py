@@ -1,0 +1,151 @@
+"""jobsvc's exception hierarchy.
+
+Every class carries the HTTP status a server should answer with (``http_status``) and a
+machine-readable ``slug`` used as the RFC 9457 problem ``type``; its docstring is its
+default message.
+
+* JobsvcError                    500  base; never raised directly
+  x BadRequest                   400  the request body is not acceptable JSON
+  x PayloadTooLarge              413  the body exceeds the configured limit
+  x UnsupportedMediaType         415  the body is not JSON
+  x InvalidJob                   422  the submission failed validation (``errors`` lists paths)
+    + UnknownTask                422  no task of that name is registered (``known`` lists them)
+  x JobNotFound                  404
+  x Conflict                     409  same id or Idempotency-Key, different body
+  x IllegalTransition            409  the state machine refused the move (e.g. retry a succeeded job)
+  x TooManyPending               429  backpressure: above ``--max-pending`` pending jobs
+  x ServiceUnavailable           503  draining, or the store cannot be reached
+    + StoreUnavailable           503  transient store failure (locked database, lost connection)
+  x ConfigError                  ---  bad settings; the CLI prints it and exits 2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "IllegalTransition",
+    "InvalidJob",
+    "JobNotFound",
+    "JobsvcError",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "StoreUnavailable",
+    "TooManyPending",
+    "UnknownTask",
+    "UnsupportedMediaType",
+]
+
+
+class JobsvcError(Exception):
+    """Unexpected jobsvc error."""
+
+    http_status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def detail(self) -> str:
+        return str(self)
+
+
+class BadRequest(JobsvcError):
+    """The request body is not valid JSON."""
+
+    http_status = 400
+    slug = "bad-request"
+
+
+class PayloadTooLarge(JobsvcError):
+    """The request body is too large."""
+
+    http_status = 413
+    slug = "payload-too-large"
+
+
+class UnsupportedMediaType(JobsvcError):
+    """Send the body as JSON with 'Content-Type: application/json'."""
+
+    http_status = 415
+    slug = "unsupported-media-type"
+
+
+class InvalidJob(JobsvcError):
+    """The job submission is invalid."""
+
+    http_status = 422
+    slug = "invalid-job"
+
+    def __init__(self, message: str | None = None, errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class UnknownTask(InvalidJob):
+    """No task of that name is registered."""
+
+    slug = "unknown-task"
+
+    def __init__(self, task: str, known: Sequence[str]) -> None:
+        names = ", ".join(sorted(known)) or "(none)"
+        super().__init__(
+            f"unknown task {task!r}; known tasks: {names}",
+            errors=[f"unknown task {task!r} @ $.task"],
+        )
+        self.task = task
+        self.known = sorted(known)
+
+
+class JobNotFound(JobsvcError):
+    """No job has that id."""
+
+    http_status = 404
+    slug = "job-not-found"
+
+
+class Conflict(JobsvcError):
+    """A job with that id or Idempotency-Key exists with a different body."""
+
+    http_status = 409
+    slug = "conflict"
+
+
+class IllegalTransition(JobsvcError):
+    """The job is not in a state that allows this."""
+
+    http_status = 409
+    slug = "illegal-transition"
+
+
+class TooManyPending(JobsvcError):
+    """Too many jobs are pending; retry later."""
+
+    http_status = 429
+    slug = "too-many-pending"
+    retry_after: int = 1
+
+
+class ServiceUnavailable(JobsvcError):
+    """The service is not accepting jobs right now; retry later."""
+
+    http_status = 503
+    slug = "unavailable"
+    retry_after: int = 1
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The job store cannot be reached right now; retry later."""
+
+    slug = "store-unavailable"
+
+
+class ConfigError(JobsvcError):
+    """The configuration is invalid."""
+
+    slug = "config-error"

@@ -1,0 +1,547 @@
+"""The job service: the facade the HTTP layer talks to, and the tasks that run jobs.
+
+Shape (one nursery; see ``JobService.run``)::
+
+    intake nursery
+     |- dispatcher    store -> channel: claims due jobs (recovered, retries, overflow,
+     |                other instances') in batches sized to the idle workers
+     |- maintenance   heartbeat of this owner's leases, rescue of expired leases, pruning
+     '- store watcher wakes the dispatcher on another instance's NOTIFY (PostgreSQL)
+    workers nursery
+     '- N workers     channel -> handler, each attempt in its own cancel scope + deadline
+
+The store is the queue of record; the memory channel is a hint. ``submit`` commits the
+job, then hands it straight to an idle worker with ``send_nowait`` (the worker claims it);
+when no worker is idle the job simply stays pending and the dispatcher claims it later.
+
+Shutdown (``begin_shutdown``): new submissions get 503, the intake stops (no new claims),
+workers get ``grace`` seconds to finish their current job; then their cancel scopes are
+cancelled and each unfinished job is *released* back to pending (no attempt burnt) in a
+shielded block. Claimed jobs still waiting in the channel are released too. Nothing is
+left ``running``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from . import codec, models
+from .clock import Clock, SystemClock
+from .codec import JobRequest
+from .config import Settings
+from .errors import (
+    Conflict,
+    JobNotFound,
+    ServiceUnavailable,
+    StoreUnavailable,
+    TooManyPending,
+    UnknownTask,
+)
+from .models import ErrorRecord, Job, JobState
+from .retry import Backoff, Rng, retry_delay
+from .store import Store
+from .tasks import JobContext, PermanentError, Registry, TaskSpec
+
+__all__ = ["JobService", "NullObserver", "Observer", "Submitted"]
+
+log = logging.getLogger("jobsvc")
+job_log = logging.getLogger("jobsvc.job")
+
+#: How long a worker may take to write an attempt's outcome (store down: retried with backoff).
+RECORD_DEADLINE = 30.0
+#: How long a cancelled worker may take to hand its job back.
+RELEASE_DEADLINE = 5.0
+#: Backoff between store retries in the service's loops.
+STORE_RETRY_MIN, STORE_RETRY_MAX = 0.1, 5.0
+#: Prune finished jobs past their retention this often.
+PRUNE_EVERY = 3600.0
+
+
+class Observer(Protocol):
+    """Hooks for metrics; the core never imports prometheus."""
+
+    def job_event(self, event: str, task: str) -> None: ...
+
+    def attempt_finished(self, task: str, outcome: str, seconds: float) -> None: ...
+
+
+class NullObserver:
+    def job_event(self, event: str, task: str) -> None:
+        pass
+
+    def attempt_finished(self, task: str, outcome: str, seconds: float) -> None:
+        pass
+
+
+@attrs.frozen
+class Submitted:
+    job: Job
+    created: bool  #: False: an earlier submission with the same id / Idempotency-Key
+
+
+@attrs.frozen
+class _Outcome:
+    kind: str  #: "succeeded", "failed", "timeout", "cancelled"
+    result: Any = None
+    error_type: str = ""
+    message: str = ""
+    permanent: bool = False
+
+
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class JobService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        clock: Clock | None = None,
+        rng: Rng = random.uniform,
+        owner: str | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng
+        self.owner = owner or _default_owner()
+        self.observer: Observer = observer or NullObserver()
+        self.default_backoff = Backoff(base=settings.backoff_base, cap=settings.backoff_cap)
+        self._task_names = frozenset(registry.names())
+        self._send, self._receive = trio.open_memory_channel[Job](settings.workers)
+        self._busy = 0
+        self._backlog = True  # there may be due jobs in the store that nobody holds
+        self._wake = trio.Event()
+        self._running: dict[str, trio.CancelScope] = {}
+        self._cancel_soon: set[str] = set()
+        self._finished: dict[str, trio.Event] = {}
+        self._pending_estimate = 0
+        self._workers_scope: trio.CancelScope | None = None
+        self._grace_deadline = math.inf
+        self.draining = False
+        self.shutdown_requested = trio.Event()
+        self._stop_intake = trio.Event()
+        self.stopped = trio.Event()
+
+    # -- the API the HTTP layer uses ---------------------------------------------------
+
+    def spec(self, task: str) -> TaskSpec:
+        spec = self.registry.get(task)
+        if spec is None:
+            raise UnknownTask(task, self.registry.names())
+        return spec
+
+    async def submit(self, requests: Sequence[JobRequest], *, idempotency_key: str | None = None, paths: Sequence[str] | None = None) -> list[Submitted]:
+        """Validate, commit, hand off. Returns once the jobs are committed.
+
+        A job whose id (or Idempotency-Key) exists is not inserted again: the stored job is
+        returned with ``created=False``, or Conflict is raised if it was submitted with
+        another body. With several requests, item ``i`` uses the key ``"{key}#{i}"``.
+        """
+        if self.draining:
+            raise ServiceUnavailable("the service is shutting down; retry on another instance or later")
+        now = self.clock.now()
+        jobs = []
+        for i, request in enumerate(requests):
+            path = paths[i] if paths else "$"
+            spec = self.spec(request.task)
+            if spec.payload is not None:
+                codec.structure(request.payload, spec.payload, path=f"{path}.payload")
+            key = idempotency_key if len(requests) == 1 else (idempotency_key and f"{idempotency_key}#{i}")
+            if request.delay is not None:
+                run_at = now + request.delay
+            elif request.run_at is not None:
+                run_at = codec.parse_time(request.run_at)
+            else:
+                run_at = now
+            jobs.append(
+                Job(
+                    id=request.job_id or str(uuid.uuid4()),
+                    task=request.task,
+                    payload=request.payload,
+                    priority=request.priority,
+                    max_attempts=request.max_attempts or spec.max_attempts or self.settings.max_attempts,
+                    timeout=request.timeout,
+                    run_at=run_at,
+                    created_at=now,
+                    updated_at=now,
+                    idempotency_key=key,
+                    fingerprint=codec.fingerprint(request),
+                )
+            )
+        await self._admit(len(jobs))
+        results = await self.store.insert(jobs)
+        submitted = []
+        for job, result in zip(jobs, results, strict=True):
+            if not result.created and result.job.fingerprint != job.fingerprint:
+                what = f"id {job.id!r}" if result.job.id == job.id else f"Idempotency-Key {job.idempotency_key!r}"
+                raise Conflict(f"a job with {what} exists with a different body (job {result.job.id})")
+            submitted.append(Submitted(result.job, result.created))
+            if result.created:
+                self._pending_estimate += 1
+                self.observer.job_event("submitted", job.task)
+                self._hand_off(result.job, now)
+        return submitted
+
+    def _hand_off(self, job: Job, now: float) -> None:
+        if job.run_at <= now and self._capacity() > 0:
+            try:
+                self._send.send_nowait(job)
+                return
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass
+        self._backlog = True
+        self._wake.set()
+
+    async def _admit(self, n: int) -> None:
+        limit = self.settings.max_pending
+        if self._pending_estimate + n <= limit:
+            return
+        counts = await self.store.count_by_state()
+        self._pending_estimate = counts[JobState.PENDING] + counts[JobState.RETRYING]
+        if self._pending_estimate + n > limit:
+            raise TooManyPending(f"{self._pending_estimate} jobs are pending (the limit is {limit}); retry later")
+
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job has the id {job_id!r}")
+        return job
+
+    async def wait(self, job_id: str, timeout: float) -> Job:
+        """The job once it is final, or as it is after ``timeout`` seconds (long poll)."""
+        deadline = trio.current_time() + timeout
+        while True:
+            job = await self.get(job_id)
+            if job.is_final or trio.current_time() >= deadline or self.draining:
+                return job
+            event = self._finished.setdefault(job_id, trio.Event())
+            with trio.move_on_at(min(deadline, trio.current_time() + self.settings.poll)):
+                await event.wait()
+
+    async def list_jobs(self, *, states: Sequence[JobState] = (), task: str | None = None, after: int | None = None, limit: int = 100) -> list[Job]:
+        return await self.store.list_jobs(states=states, task=task, after=after, limit=limit)
+
+    async def retry(self, job_id: str) -> Job:
+        """Replay a dead (or cancelled) job: back to pending with a fresh set of attempts."""
+        now = self.clock.now()
+        job = await self.store.modify(job_id, lambda j: models.redrive(j, now=now))
+        self.observer.job_event("redriven", job.task)
+        self._pending_estimate += 1
+        self._hand_off(job, now)
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a waiting job at once; a running one through its handler's cancel scope."""
+        now = self.clock.now()
+        job = await self.store.modify(job_id, lambda j: models.request_cancel(j, now=now))
+        if job.state is JobState.RUNNING:
+            scope = self._running.get(job_id)
+            if scope is not None:
+                scope.cancel()
+            else:
+                self._cancel_soon.add(job_id)
+        else:
+            self.observer.job_event("cancelled", job.task)
+            self._notify_finished(job_id)
+        return job
+
+    async def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        try:
+            with trio.fail_after(2):
+                await self.store.ping()
+        except (StoreUnavailable, trio.TooSlowError) as exc:
+            return False, f"store unavailable: {exc}"
+        return True, "ok"
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self._send.statistics()
+        return {
+            "workers": self.settings.workers,
+            "busy_workers": self._busy,
+            "channel_buffered": stats.current_buffer_used,
+            "draining": self.draining,
+            "owner": self.owner,
+            "store": self.store.kind,
+        }
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Graceful: stop intake now, give running jobs ``grace`` seconds. Idempotent."""
+        if self.draining:
+            return
+        log.info("shutting down: draining for up to %gs", self.settings.grace)
+        self.draining = True
+        self._grace_deadline = trio.current_time() + self.settings.grace
+        if self._workers_scope is not None:
+            self._workers_scope.deadline = self._grace_deadline
+        self.shutdown_requested.set()
+        self._stop_intake.set()
+
+    def force_stop(self) -> None:
+        """Immediate: cancel running handlers now (their jobs are still released)."""
+        self.begin_shutdown()
+        log.warning("stopping now: cancelling running jobs")
+        self._grace_deadline = -math.inf
+        if self._workers_scope is not None:
+            self._workers_scope.cancel()
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover, then run workers, dispatcher and maintenance until shutdown has drained."""
+        try:
+            await self._recover()
+            # Maintenance (lease heartbeats) outlives the workers: leases stay valid while
+            # the workers drain.
+            async with trio.open_nursery() as background:
+                background.start_soon(self._maintenance, name="jobsvc-maintenance")
+                async with trio.open_nursery() as workers:
+                    self._workers_scope = workers.cancel_scope
+                    workers.cancel_scope.deadline = self._grace_deadline
+                    async with self._receive:
+                        for i in range(self.settings.workers):
+                            workers.start_soon(self._worker, self._receive.clone(), name=f"jobsvc-worker-{i}")
+                    async with trio.open_nursery() as intake:
+                        intake.start_soon(self._dispatcher, name="jobsvc-dispatcher")
+                        intake.start_soon(self._watch_store, name="jobsvc-store-watcher")
+                        task_status.started()
+                        await self._stop_intake.wait()
+                        intake.cancel_scope.cancel()
+                    await self._send.aclose()  # workers release what is buffered, then exit
+                background.cancel_scope.cancel()
+        finally:
+            self.stopped.set()
+        log.info("all workers stopped")
+
+    async def _recover(self) -> None:
+        now = self.clock.now()
+        rescued = await self._store_retry(
+            lambda: self.store.rescue(now=now, max_rescues=self.settings.max_rescues, expired_only=not self.store.exclusive)
+        )
+        for job in rescued:
+            self.observer.job_event("rescued" if job.state is JobState.PENDING else "dead", job.task)
+        if rescued:
+            log.info("recovered %d job(s) left running by a previous process", len(rescued))
+
+    async def _store_retry(self, call: Any) -> Any:
+        delay = STORE_RETRY_MIN
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+
+    def _capacity(self) -> int:
+        if self.draining:
+            return 0
+        idle = self.settings.workers - self._busy
+        return idle - self._send.statistics().current_buffer_used
+
+    async def _dispatcher(self) -> None:
+        failures = 0
+        while True:
+            wake = self._wake = trio.Event()
+            try:
+                delay = await self._dispatch_step()
+                failures = 0
+            except StoreUnavailable as exc:
+                delay = min(STORE_RETRY_MAX, STORE_RETRY_MIN * 2**failures)
+                failures += 1
+                log.warning("dispatcher: store unavailable (%s); retrying in %.1fs", exc, delay)
+            with trio.move_on_after(delay):
+                await wake.wait()
+
+    async def _dispatch_step(self) -> float:
+        """Claim what idle workers can take; return how long to wait before looking again."""
+        poll = self.settings.poll
+        capacity = self._capacity()
+        if capacity <= 0:
+            return poll  # a worker that frees up wakes us
+        now = self.clock.now()
+        jobs = await self.store.claim_due(owner=self.owner, now=now, lease=self.settings.lease, limit=capacity, tasks=self._task_names)
+        for job in jobs:
+            self._send.send_nowait(job)  # capacity <= free buffer: never blocks
+        if len(jobs) == capacity:
+            self._backlog = True
+            return poll
+        self._backlog = False
+        next_at = await self.store.next_run_at(tasks=self._task_names)
+        if next_at is None:
+            return poll
+        return min(poll, max(0.0, next_at - self.clock.now()))
+
+    async def _watch_store(self) -> None:
+        while True:
+            await self.store.wait_for_work()
+            self._backlog = True
+            self._wake.set()
+
+    async def _maintenance(self) -> None:
+        last_prune = -math.inf
+        while True:
+            await trio.sleep(self.settings.heartbeat)
+            now = self.clock.now()
+            try:
+                for job_id in await self.store.heartbeat(owner=self.owner, now=now, lease=self.settings.lease):
+                    scope = self._running.get(job_id)
+                    if scope is not None:
+                        scope.cancel()
+                    else:
+                        self._cancel_soon.add(job_id)
+                rescued = await self.store.rescue(now=now, max_rescues=self.settings.max_rescues)
+                for job in rescued:
+                    log.warning("rescued job %s (%s): its owner's lease expired", job.id, job.state.value)
+                    self.observer.job_event("rescued" if job.state is JobState.PENDING else "dead", job.task)
+                if rescued:
+                    self._backlog = True
+                    self._wake.set()
+                if self.settings.retention and trio.current_time() - last_prune >= PRUNE_EVERY:
+                    last_prune = trio.current_time()
+                    pruned = await self.store.prune(finished_before=now - self.settings.retention)
+                    if pruned:
+                        log.info("pruned %d finished job(s) older than the retention", pruned)
+            except StoreUnavailable as exc:
+                log.warning("maintenance: store unavailable (%s)", exc)
+
+    async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
+        async with receive:
+            async for job in receive:
+                self._busy += 1
+                try:
+                    if self.draining:
+                        if job.state is JobState.RUNNING:
+                            await self._release(job)
+                        continue
+                    if job.state is not JobState.RUNNING:
+                        try:
+                            claimed = await self.store.claim(job.id, owner=self.owner, now=self.clock.now(), lease=self.settings.lease)
+                        except StoreUnavailable:
+                            claimed = None  # it stays pending; the dispatcher retries
+                        if claimed is None:
+                            continue
+                        job = claimed
+                    await self._execute(job)
+                finally:
+                    self._busy -= 1
+                    if self._backlog:
+                        self._wake.set()
+
+    async def _execute(self, job: Job) -> None:
+        spec = self.registry.get(job.task)
+        assert spec is not None, "claims are filtered by the registered tasks"
+        timeout = job.timeout or spec.timeout or self.settings.timeout
+        ctx = JobContext(
+            job_id=job.id,
+            task=job.task,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            log=logging.LoggerAdapter(job_log, {"job_id": job.id, "task": job.task, "attempt": job.attempts}),
+        )
+        scope = trio.CancelScope()
+        self._running[job.id] = scope
+        if job.cancel_requested or job.id in self._cancel_soon:
+            self._cancel_soon.discard(job.id)
+            scope.cancel()
+        started = trio.current_time()
+        outcome = _Outcome("failed", error_type="Interrupted", message="the attempt did not finish")
+        try:
+            with scope:
+                with trio.move_on_after(timeout) as deadline:
+                    try:
+                        payload = job.payload if spec.payload is None else codec.structure(job.payload, spec.payload, path="$.payload")
+                        result = await spec(payload, ctx)
+                        codec.check_json_result(result)
+                    except PermanentError as exc:
+                        outcome = _Outcome("failed", error_type=type(exc).__name__, message=str(exc), permanent=True)
+                    except Exception as exc:  # noqa: BLE001 - the job failed; any error type
+                        outcome = _Outcome("failed", error_type=type(exc).__name__, message=str(exc) or repr(exc))
+                        ctx.log.info("job %s attempt %d failed: %s: %s", job.id, job.attempts, type(exc).__name__, exc)
+                    else:
+                        outcome = _Outcome("succeeded", result=result)
+                if deadline.cancelled_caught:
+                    outcome = _Outcome("timeout", error_type="Timeout", message=f"the attempt took longer than {timeout:g}s")
+            if scope.cancelled_caught:
+                outcome = _Outcome("cancelled")
+        except trio.Cancelled:
+            # Shutdown's deadline (or a forced stop): hand the job back without burning the attempt.
+            await self._release(job)
+            raise
+        finally:
+            del self._running[job.id]
+        self.observer.attempt_finished(job.task, outcome.kind, trio.current_time() - started)
+        await self._record(job, spec, outcome)
+
+    async def _record(self, job: Job, spec: TaskSpec, outcome: _Outcome) -> None:
+        now = self.clock.now()
+        if outcome.kind == "succeeded":
+            new = models.succeed(job, result=outcome.result, now=now)
+        elif outcome.kind == "cancelled":
+            new = models.cancel(job, now=now)
+        else:
+            error = ErrorRecord.make(attempt=job.attempts, at=now, type=outcome.error_type, message=outcome.message)
+            delay = None if outcome.permanent else retry_delay(
+                attempt=job.attempts, max_attempts=job.max_attempts, backoff=spec.backoff or self.default_backoff, rng=self.rng
+            )
+            new = models.fail(job, error=error, now=now, delay=delay)
+        # A finished attempt's outcome must reach the store, even while shutting down.
+        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_DEADLINE):
+            saved = await self._store_retry(lambda: self.store.save(new, expected=job))
+            if not saved:
+                log.warning("job %s: outcome %s discarded, the lease was lost (fenced)", job.id, outcome.kind)
+                self.observer.job_event("fenced", job.task)
+                return
+            self.observer.job_event(new.state.value, job.task)
+            if new.is_final:
+                self._notify_finished(job.id)
+            elif new.state is JobState.RETRYING:
+                job_log.info("job %s will retry in %.3fs", job.id, new.run_at - now)
+                self._wake.set()  # the dispatcher recomputes when to look next
+
+    async def _release(self, job: Job) -> None:
+        now = self.clock.now()
+
+        def change(current: Job) -> Job:
+            if current.state is not JobState.RUNNING or current.lease_token != job.lease_token:
+                return current  # no longer ours: the fence holds
+            if current.cancel_requested:
+                return models.cancel(current, now=now)
+            return models.release(current, now=now)
+
+        new = None
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_DEADLINE):
+            try:
+                new = await self.store.modify(job.id, change)
+            except (StoreUnavailable, JobNotFound) as exc:
+                log.warning("job %s could not be released (%s)", job.id, exc)
+        if new is None:
+            log.warning("job %s stays running until it is rescued (lease expiry or next start)", job.id)
+            return
+        self.observer.job_event("released", job.task)
+        if new.is_final:
+            self._notify_finished(job.id)
+
+    def _notify_finished(self, job_id: str) -> None:
+        event = self._finished.pop(job_id, None)
+        if event is not None:
+            event.set()
