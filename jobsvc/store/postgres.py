@@ -354,6 +354,9 @@ class PostgresStore(Store):
         self._closed = False
         #: times the listener connected again after losing its connection (for tests/metrics)
         self.listener_reconnects = 0
+        #: notifications received, and the payload of the last one (for tests/metrics)
+        self.notifications_received = 0
+        self.last_notification_payload: str | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -434,8 +437,7 @@ class PostgresStore(Store):
                 pass
             conn.close()
 
-    @staticmethod
-    def _drain(conn: psycopg.Connection[Any]) -> int:
+    def _drain(self, conn: psycopg.Connection[Any]) -> int:
         """Read what the socket holds without blocking; count notifications. Raises
         OperationalError when the connection is broken."""
         pgconn = conn.pgconn
@@ -443,8 +445,10 @@ class PostgresStore(Store):
         if pgconn.status != pq.ConnStatus.OK:
             raise psycopg.OperationalError("the LISTEN connection is broken")
         count = 0
-        while pgconn.notifies() is not None:
+        while (notify := pgconn.notifies()) is not None:
             count += 1
+            self.last_notification_payload = notify.extra.decode("utf-8", "replace")
+        self.notifications_received += count
         return count
 
     async def _listen_loop(self) -> None:

@@ -1,0 +1,467 @@
+"""PostgreSQL-specific behaviour of the store: migrations, rescue and fencing on injected
+state, SKIP LOCKED between instances, LISTEN/NOTIFY wake-ups, and losing the server.
+
+The behaviour every store shares is in tests/store/test_contract.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psycopg
+import pytest
+import trio
+
+from jobsvc import models
+from jobsvc.errors import ConfigError, IllegalTransition, JobNotFound, StoreUnavailable
+from jobsvc.models import Job, JobState
+from jobsvc.store import open_store
+from jobsvc.store.postgres import CURRENT_VERSION, MIGRATIONS, PostgresStore, apply_migrations, migrate, open_postgres_store
+
+if "pg_fixtures" not in sys.modules:  # without tests/conftest.py, tests/ is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pg_fixtures import admin_connect, pg_empty_url, pg_template, pg_url  # noqa: E402, F401
+
+pytestmark = pytest.mark.postgres
+
+NOW = 1_700_000_000.0
+LEASE = 30.0
+
+
+def make_job(job_id: str, *, run_at: float = NOW, priority: int = 0, task: str = "t", key: str | None = None) -> Job:
+    return Job(
+        id=job_id,
+        task=task,
+        payload={"n": job_id},
+        max_attempts=5,
+        run_at=run_at,
+        created_at=NOW - 10,
+        updated_at=NOW - 10,
+        priority=priority,
+        idempotency_key=key,
+    )
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    async with open_postgres_store(pg_url) as s:
+        yield s
+
+
+def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run one statement on the test database outside the store (state injection, checks)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def inject_running(url: str, job_id: str, *, owner: str, token: int, expires_at: float, attempts: int = 1, rescues: int = 0) -> None:
+    """Make a job look claimed by ``owner`` whose lease ends at ``expires_at``."""
+    n = sql(
+        url,
+        "UPDATE jobs SET state = 'running', lease_owner = %s, lease_token = %s, lease_expires_at = %s, "
+        "attempts = %s, rescues = %s WHERE id = %s RETURNING id",
+        (owner, token, expires_at, attempts, rescues, job_id),
+    )
+    assert len(n) == 1
+
+
+# ----------------------------------------------------------------------------- migrations
+
+
+async def test_empty_database_is_a_config_error_naming_jobsvc_migrate(pg_empty_url: str) -> None:
+    with pytest.raises(ConfigError, match=r"run `jobsvc migrate --db URL` \(or start jobsvc serve with --migrate\)"):
+        async with open_postgres_store(pg_empty_url):
+            pass
+    # and open_store's dispatch says the same
+    with pytest.raises(ConfigError, match="jobsvc migrate"):
+        async with open_store(pg_empty_url):
+            pass
+    # nothing was created behind the operator's back
+    assert sql(pg_empty_url, "SELECT to_regclass('jobs'), to_regclass('jobsvc_schema')") == [(None, None)]
+
+
+async def test_migrate_applies_then_is_a_no_op(pg_empty_url: str) -> None:
+    applied = await migrate(pg_empty_url)
+    assert applied == [name for _, name, _ in MIGRATIONS]
+    rows = sql(pg_empty_url, "SELECT version, name, applied_at IS NOT NULL FROM jobsvc_schema ORDER BY version")
+    assert rows == [(v, name, True) for v, name, _ in MIGRATIONS]
+    assert await migrate(pg_empty_url) == []
+    assert len(sql(pg_empty_url, "SELECT * FROM jobsvc_schema")) == len(MIGRATIONS)
+    async with open_postgres_store(pg_empty_url) as store:
+        assert store.kind == "postgresql"
+        assert store.exclusive is False
+        await store.ping()
+
+
+async def test_open_with_migrate_true_applies_migrations(pg_empty_url: str) -> None:
+    async with open_store(pg_empty_url, migrate=True) as store:
+        assert isinstance(store, PostgresStore)
+        assert (await store.insert([make_job("a")]))[0].created
+    assert sql(pg_empty_url, "SELECT max(version) FROM jobsvc_schema") == [(CURRENT_VERSION,)]
+
+
+def test_two_concurrent_migrations_leave_one_consistent_schema(pg_empty_url: str) -> None:
+    barrier = threading.Barrier(2)
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(apply_migrations(pg_empty_url))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert sorted(results, key=len) == [[], [name for _, name, _ in MIGRATIONS]]
+    assert sql(pg_empty_url, "SELECT version FROM jobsvc_schema ORDER BY version") == [(v,) for v, _, _ in MIGRATIONS]
+    assert sql(pg_empty_url, "SELECT count(*) FROM pg_indexes WHERE tablename = 'jobs'") == [(9,)]  # 6 + pkey + 2 unique
+
+
+async def test_schema_ahead_of_the_code_is_a_config_error(pg_url: str) -> None:
+    sql(pg_url, "INSERT INTO jobsvc_schema (version, name) VALUES (%s, 'from the future')", (CURRENT_VERSION + 1,))
+    with pytest.raises(ConfigError, match="newer than this jobsvc"):
+        async with open_postgres_store(pg_url):
+            pass
+    with pytest.raises(ConfigError, match="newer than this jobsvc"):
+        await migrate(pg_url)
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+async def test_claim_due_equals_models_claim_in_claim_order(store: PostgresStore) -> None:
+    jobs = [
+        make_job("low", priority=0, run_at=NOW - 5),
+        make_job("high-late", priority=5, run_at=NOW - 1),
+        make_job("high-early", priority=5, run_at=NOW - 2),
+        make_job("other-task", priority=9, task="other"),
+        make_job("future", priority=9, run_at=NOW + 60),
+    ]
+    stored = {r.job.id: r.job for r in await store.insert(jobs)}
+    claimed = await store.claim_due(owner="w1", now=NOW, lease=LEASE, limit=10, tasks=["t"])
+    assert [j.id for j in claimed] == ["high-early", "high-late", "low"]
+    for job in claimed:
+        assert job == models.claim(stored[job.id], owner="w1", now=NOW, lease=LEASE)
+        assert await store.get(job.id) == job
+    assert await store.claim_due(owner="w1", now=NOW, lease=LEASE, limit=10, tasks=[]) == []
+    rest = await store.claim_due(owner="w2", now=NOW, lease=LEASE, limit=10)
+    assert [j.id for j in rest] == ["other-task"]
+    assert await store.next_run_at() == NOW + 60
+
+
+async def test_two_instances_claiming_concurrently_never_share_a_job(pg_url: str) -> None:
+    async with open_postgres_store(pg_url, pool_size=4) as a, open_postgres_store(pg_url, pool_size=4) as b:
+        await a.insert([make_job(f"j{i:03}", priority=i % 3) for i in range(200)])
+        got: dict[str, list[str]] = {"a": [], "b": []}
+
+        async def claimer(store: PostgresStore, name: str) -> None:
+            for _ in range(200):  # bounded
+                batch = await store.claim_due(owner=name, now=NOW, lease=LEASE, limit=7)
+                if not batch:
+                    return
+                got[name].extend(j.id for j in batch)
+                await trio.lowlevel.checkpoint()
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(claimer, a, "a")
+                    nursery.start_soon(claimer, b, "b")
+    all_claims = got["a"] + got["b"]
+    assert len(all_claims) == len(set(all_claims)) == 200
+    assert got["a"] and got["b"], "both instances should have claimed some jobs"
+    rows = sql(pg_url, "SELECT lease_owner, count(*), max(lease_token), max(attempts) FROM jobs GROUP BY lease_owner ORDER BY 1")
+    assert rows == [("a", len(got["a"]), 1, 1), ("b", len(got["b"]), 1, 1)]
+
+
+async def test_claim_one_is_fenced_on_state_and_due_time(store: PostgresStore) -> None:
+    await store.insert([make_job("a"), make_job("later", run_at=NOW + 100)])
+    first = await store.claim("a", owner="w1", now=NOW, lease=LEASE)
+    assert first is not None and first.lease_token == 1 and first.state is JobState.RUNNING
+    assert await store.claim("a", owner="w2", now=NOW, lease=LEASE) is None
+    assert await store.claim("later", owner="w2", now=NOW, lease=LEASE) is None
+    assert await store.claim("missing", owner="w2", now=NOW, lease=LEASE) is None
+    assert (await store.get("a")) == first
+
+
+# ----------------------------------------------------------------------------- rescue and fencing
+
+
+async def test_rescue_takes_back_only_expired_leases(store: PostgresStore, pg_url: str) -> None:
+    await store.insert([make_job("expired"), make_job("alive"), make_job("waiting")])
+    inject_running(pg_url, "expired", owner="dead-worker", token=3, expires_at=NOW - 1, attempts=2)
+    inject_running(pg_url, "alive", owner="live-worker", token=1, expires_at=NOW + 1, attempts=1)
+    before_alive = await store.get("alive")
+
+    rescued = await store.rescue(now=NOW, max_rescues=3)
+
+    assert [j.id for j in rescued] == ["expired"]
+    job = await store.get("expired")
+    assert job == rescued[0]
+    assert job is not None
+    assert (job.state, job.rescues, job.attempts, job.lease_token) == (JobState.PENDING, 1, 1, 3)
+    assert (job.lease_owner, job.lease_expires_at, job.run_at, job.updated_at) == (None, None, NOW, NOW)
+    assert await store.get("alive") == before_alive
+    assert (await store.get("waiting")).state is JobState.PENDING  # type: ignore[union-attr]
+    # a second sweep finds nothing; the rescued job can be claimed again with a new token
+    assert await store.rescue(now=NOW, max_rescues=3) == []
+    again = await store.claim("expired", owner="w2", now=NOW, lease=LEASE)
+    assert again is not None and again.lease_token == 4 and again.attempts == 2
+
+
+async def test_rescued_too_often_goes_dead_with_worker_lost(store: PostgresStore, pg_url: str) -> None:
+    await store.insert([make_job("poison")])
+    inject_running(pg_url, "poison", owner="w", token=3, expires_at=NOW - 1, attempts=3, rescues=2)
+    (job,) = await store.rescue(now=NOW, max_rescues=3)
+    assert job.state is JobState.DEAD
+    assert job.rescues == 3 and job.finished_at == NOW and job.lease_owner is None
+    assert [(e.type, e.attempt) for e in job.errors] == [("WorkerLost", 3)]
+    assert await store.get("poison") == job
+    assert await store.claim_due(owner="x", now=NOW + 1000, lease=LEASE, limit=10) == []
+
+
+async def test_stale_worker_cannot_overwrite_after_rescue_and_reclaim(store: PostgresStore) -> None:
+    """River#1302: a worker whose lease was rescued and re-claimed must not write."""
+    await store.insert([make_job("j")])
+    (mine,) = await store.claim_due(owner="slow", now=NOW, lease=1.0, limit=1)
+    (rescued,) = await store.rescue(now=NOW + 2, max_rescues=3)
+    assert rescued.state is JobState.PENDING
+    theirs = await store.claim("j", owner="fast", now=NOW + 3, lease=LEASE)
+    assert theirs is not None and theirs.lease_token == mine.lease_token + 1
+
+    late = models.succeed(mine, result="stale", now=NOW + 4)
+    assert await store.save(late, expected=mine) is False
+    assert await store.get("j") == theirs  # nothing changed
+    also_late = models.fail(
+        mine, error=models.ErrorRecord.make(attempt=1, at=NOW + 4, type="E", message="m"), now=NOW + 4, delay=1.0
+    )
+    assert await store.save(also_late, expected=mine) is False
+    assert await store.get("j") == theirs
+
+    done = models.succeed(theirs, result="ok", now=NOW + 5)
+    assert await store.save(done, expected=theirs) is True
+    assert await store.get("j") == done
+
+
+async def test_rescue_skips_a_row_that_a_worker_is_writing(store: PostgresStore, pg_url: str) -> None:
+    """The rescuer never blocks on, nor overwrites, a job whose owner is completing it now."""
+    await store.insert([make_job("busy")])
+    (job,) = await store.claim_due(owner="w", now=NOW, lease=1.0, limit=1)
+    with psycopg.connect(pg_url) as worker:  # a worker mid-transaction, holding the row lock
+        worker.execute("SELECT 1 FROM jobs WHERE id = 'busy' FOR UPDATE")
+        with trio.fail_after(5):
+            assert await store.rescue(now=NOW + 5, max_rescues=3) == []
+        done = models.succeed(job, result=1, now=NOW + 5)
+        worker.execute(
+            "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, "
+            "finished_at = %s, updated_at = %s, result = '1' WHERE id = 'busy' AND lease_token = %s",
+            (NOW + 5, NOW + 5, job.lease_token),
+        )
+        worker.commit()
+    assert await store.rescue(now=NOW + 6, max_rescues=3) == []
+    assert await store.get("busy") == done
+
+
+async def test_heartbeat_extends_own_leases_and_reports_cancel_requests(store: PostgresStore) -> None:
+    await store.insert([make_job("a"), make_job("b"), make_job("c")])
+    a, b = await store.claim_due(owner="w1", now=NOW, lease=LEASE, limit=2)
+    (c,) = await store.claim_due(owner="w2", now=NOW, lease=LEASE, limit=1)
+    await store.modify(b.id, lambda j: models.request_cancel(j, now=NOW + 1))
+    assert await store.heartbeat(owner="w1", now=NOW + 10, lease=LEASE) == [b.id]
+    assert (await store.get(a.id)).lease_expires_at == NOW + 10 + LEASE  # type: ignore[union-attr]
+    assert (await store.get(c.id)).lease_expires_at == NOW + LEASE  # type: ignore[union-attr]
+    assert await store.rescue(now=NOW + LEASE + 1, max_rescues=3) == [
+        models.rescue(c, now=NOW + LEASE + 1, max_rescues=3)
+    ]
+
+
+async def test_modify_rolls_back_when_the_change_raises(store: PostgresStore) -> None:
+    (created,) = await store.insert([make_job("j")])
+    done = models.cancel(created.job, now=NOW)
+    assert await store.modify("j", lambda j: models.cancel(j, now=NOW)) == done
+
+    def half_then_raise(job: Job) -> Job:
+        models.redrive(job, now=NOW + 1)
+        raise IllegalTransition("no")
+
+    with pytest.raises(IllegalTransition):
+        await store.modify("j", half_then_raise)
+    assert await store.get("j") == done
+    with pytest.raises(JobNotFound):
+        await store.modify("missing", lambda j: j)
+
+
+# ----------------------------------------------------------------------------- LISTEN / NOTIFY
+
+
+async def wait_until(predicate: Any, *, timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true, failing after ``timeout`` seconds."""
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+        return
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_insert_in_one_instance_wakes_another_promptly(pg_url: str) -> None:
+    async with open_postgres_store(pg_url) as a, open_postgres_store(pg_url) as b:
+        woke_after: list[float] = []
+
+        async def waiter() -> None:
+            await b.wait_for_work()
+            woke_after.append(trio.current_time() - t0)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                t0 = trio.current_time()
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked(0.01)
+                assert not woke_after, "woke up before anything happened"
+                t0 = trio.current_time()
+                await a.insert([make_job("x")])
+        assert len(woke_after) == 1
+        assert woke_after[0] < 1.0, f"NOTIFY pickup took {woke_after[0]:.3f}s"
+
+
+async def test_a_burst_of_notifications_is_one_wake_up(pg_url: str) -> None:
+    async with open_postgres_store(pg_url) as a, open_postgres_store(pg_url) as b:
+        for i in range(5):
+            await a.insert([make_job(f"burst{i}")])
+        await wait_until(lambda: b.notifications_received == 5, what="5 notifications")
+        with trio.fail_after(1):
+            await b.wait_for_work()  # returns at once: work arrived while nobody waited
+        second_returned = False
+
+        async def second() -> None:
+            nonlocal second_returned
+            await b.wait_for_work()
+            second_returned = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert not second_returned, "the burst was not coalesced"
+            nursery.cancel_scope.cancel()
+
+
+async def test_retry_and_rescue_notify_but_completion_does_not(pg_url: str) -> None:
+    async with open_postgres_store(pg_url) as a, open_postgres_store(pg_url) as b:
+        await a.insert([make_job("j"), make_job("k")])
+        (j, k) = await a.claim_due(owner="w", now=NOW, lease=1.0, limit=2)
+        await wait_until(lambda: b.notifications_received == 1, what="the insert's notification")
+
+        failed = models.fail(j, error=models.ErrorRecord.make(attempt=1, at=NOW, type="E", message="m"), now=NOW, delay=5)
+        assert await a.save(failed, expected=j)
+        await wait_until(lambda: b.notifications_received == 2, what="the retry's notification")
+
+        (rescued,) = await a.rescue(now=NOW + 2, max_rescues=3)
+        assert rescued.id == k.id
+        await wait_until(lambda: b.notifications_received == 3, what="the rescue's notification")
+
+        k2 = await a.claim("k", owner="w", now=NOW + 3, lease=LEASE)
+        assert k2 is not None
+        assert await a.save(models.succeed(k2, result=1, now=NOW + 4), expected=k2)
+        # notifications arrive in commit order: once the marker is in, a completion's would be too
+        sql(pg_url, "SELECT pg_notify('jobsvc_jobs', 'marker')")
+        await wait_until(lambda: b.last_notification_payload == "marker", what="the marker")
+        assert b.notifications_received == 4
+
+
+async def test_listener_survives_its_connection_being_terminated(pg_url: str) -> None:
+    async with open_postgres_store(pg_url) as a, open_postgres_store(pg_url) as b:
+        old_pid = b.listener_pid
+        assert old_pid is not None
+        assert sql(pg_url, "SELECT pg_terminate_backend(%s)", (old_pid,)) == [(True,)]
+        with trio.fail_after(5):
+            await b.wait_for_work()  # woken by the reconnect: notifications may have been missed
+        await wait_until(lambda: b.listener_pid not in (None, old_pid), what="a new LISTEN connection")
+        assert b.listener_reconnects == 1
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b.wait_for_work)
+                await trio.testing.wait_all_tasks_blocked(0.01)
+                await a.insert([make_job("after-reconnect")])
+        assert b.listener_reconnects == 1  # it was the NOTIFY that woke us, not another reconnect
+
+
+# ----------------------------------------------------------------------------- losing the server
+
+
+async def test_unreachable_server_fails_fast_with_store_unavailable() -> None:
+    t0 = time.monotonic()
+    with trio.fail_after(15):
+        with pytest.raises(StoreUnavailable, match=r"PostgreSQL at postgresql://root@127.0.0.1:1/nowhere is unavailable"):
+            async with open_postgres_store("postgresql://root:secret@127.0.0.1:1/nowhere"):
+                pass
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(StoreUnavailable) as info:
+        await migrate("postgresql://root:secret@127.0.0.1:1/nowhere")
+    assert "secret" not in str(info.value)
+
+
+async def test_pool_recovers_after_its_connections_are_killed(store: PostgresStore, pg_url: str) -> None:
+    await store.insert([make_job("a")])
+    dbname = pg_url.rsplit("/", 1)[1]
+    with admin_connect() as admin:
+        killed = admin.execute(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()) t",
+            (dbname,),
+        ).fetchone()
+    assert killed is not None and killed[0] >= 2  # pool connections + the listener
+    with trio.fail_after(10):
+        await store.ping()
+        assert (await store.get("a")) is not None
+        for _ in range(10):  # every pooled connection, not just the first
+            await store.count_by_state()
+
+
+async def test_statement_timeout_gives_store_unavailable_not_a_hang(pg_url: str) -> None:
+    async with open_postgres_store(pg_url, statement_timeout=0.2) as store:
+        await store.insert([make_job("locked")])
+        with psycopg.connect(pg_url) as other:
+            other.execute("SELECT 1 FROM jobs WHERE id = 'locked' FOR UPDATE")
+            with trio.fail_after(5):
+                with pytest.raises(StoreUnavailable, match="statement timeout"):
+                    await store.modify("locked", lambda j: models.cancel(j, now=NOW))
+        assert (await store.get("locked")).state is JobState.PENDING  # type: ignore[union-attr]
+
+
+async def test_missing_table_is_store_unavailable(store: PostgresStore, pg_url: str) -> None:
+    """The Oban resiliency trick: the table disappears while the service runs."""
+    sql(pg_url, "ALTER TABLE jobs RENAME TO jobs_missing")
+    with pytest.raises(StoreUnavailable, match="jobsvc migrate"):
+        await store.get("x")
+    sql(pg_url, "ALTER TABLE jobs_missing RENAME TO jobs")
+    assert await store.get("x") is None
+
+
+async def test_insert_batch_is_one_transaction_with_replays(store: PostgresStore) -> None:
+    first = await store.insert([make_job("a", key="k1"), make_job("b")])
+    assert [r.created for r in first] == [True, True]
+    again = await store.insert([make_job("c", key="k1"), make_job("b"), make_job("d", key="k2"), make_job("e", key="k2")])
+    assert [(r.created, r.job.id) for r in again] == [(False, "a"), (False, "b"), (True, "d"), (False, "d")]
+    assert again[0].job == first[0].job
+    seqs = [r.job.seq for r in first] + [again[2].job.seq]
+    assert seqs == sorted(seqs)
+    counts = await store.count_by_state()
+    assert counts[JobState.PENDING] == 3
+
+    # a failing job in a batch leaves nothing of the batch behind
+    bad = attrs.evolve(make_job("f"), task="x\x00y")  # PostgreSQL text cannot hold NUL
+    with pytest.raises(psycopg.DataError):
+        await store.insert([make_job("g"), bad])
+    assert await store.get("g") is None
