@@ -124,7 +124,7 @@ class JobService:
         self.default_backoff = Backoff(base=settings.backoff_base, cap=settings.backoff_cap)
         self._task_names = frozenset(registry.names())
         self._send, self._receive = trio.open_memory_channel[Job](settings.workers)
-        self._busy = 0
+        self._inflight = 0  # jobs sent to the channel and not yet finished by a worker
         self._backlog = True  # there may be due jobs in the store that nobody holds
         self._wake = trio.Event()
         self._running: dict[str, trio.CancelScope] = {}
@@ -202,9 +202,11 @@ class JobService:
         if job.run_at <= now and self._capacity() > 0:
             try:
                 self._send.send_nowait(job)
-                return
             except (trio.WouldBlock, trio.ClosedResourceError):
                 pass
+            else:
+                self._inflight += 1
+                return
         self._backlog = True
         self._wake.set()
 
@@ -275,7 +277,7 @@ class JobService:
         stats = self._send.statistics()
         return {
             "workers": self.settings.workers,
-            "busy_workers": self._busy,
+            "busy_workers": self._inflight - stats.current_buffer_used,
             "channel_buffered": stats.current_buffer_used,
             "draining": self.draining,
             "owner": self.owner,
@@ -355,8 +357,9 @@ class JobService:
     def _capacity(self) -> int:
         if self.draining:
             return 0
-        idle = self.settings.workers - self._busy
-        return idle - self._send.statistics().current_buffer_used
+        # Counting what was *sent* (not what workers picked up) keeps this exact even when
+        # send_nowait hands a job straight to a waiting worker that has not run yet.
+        return self.settings.workers - self._inflight
 
     async def _dispatcher(self) -> None:
         failures = 0
@@ -381,7 +384,8 @@ class JobService:
         now = self.clock.now()
         jobs = await self.store.claim_due(owner=self.owner, now=now, lease=self.settings.lease, limit=capacity, tasks=self._task_names)
         for job in jobs:
-            self._send.send_nowait(job)  # capacity <= free buffer: never blocks
+            self._send.send_nowait(job)  # inflight <= workers == buffer size: never blocks
+            self._inflight += 1
         if len(jobs) == capacity:
             self._backlog = True
             return poll
@@ -427,7 +431,6 @@ class JobService:
     async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
         async with receive:
             async for job in receive:
-                self._busy += 1
                 try:
                     if self.draining:
                         if job.state is JobState.RUNNING:
@@ -443,7 +446,7 @@ class JobService:
                         job = claimed
                     await self._execute(job)
                 finally:
-                    self._busy -= 1
+                    self._inflight -= 1
                     if self._backlog:
                         self._wake.set()
 

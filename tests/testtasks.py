@@ -1,0 +1,58 @@
+"""Task handlers used by the tests (registered with ``--tasks testtasks``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from jobsvc.retry import Backoff
+from jobsvc.tasks import JobContext, PermanentError, task
+
+
+@attrs.frozen
+class Flaky:
+    fail_times: int = 0  #: attempts 1..fail_times raise; later ones succeed
+
+
+class Boom(Exception):
+    pass
+
+
+@task("flaky", payload=Flaky, max_attempts=5)
+async def flaky(payload: Flaky, ctx: JobContext) -> dict[str, int]:
+    """Fails its first fail_times attempts, then succeeds."""
+    if ctx.attempt <= payload.fail_times:
+        raise Boom(f"failure {ctx.attempt} of {payload.fail_times}")
+    return {"attempt": ctx.attempt}
+
+
+@task("hang", timeout=10, max_attempts=2, backoff=Backoff(base=1, cap=1, jitter=False))
+async def hang(payload: Any, ctx: JobContext) -> None:
+    """Never finishes on its own."""
+    await trio.sleep_forever()
+
+
+@attrs.frozen
+class Nap:
+    seconds: float
+
+
+@task("nap", payload=Nap)
+async def nap(payload: Nap, ctx: JobContext) -> dict[str, float]:
+    """Sleeps, then returns."""
+    await trio.sleep(payload.seconds)
+    return {"slept": payload.seconds}
+
+
+@task("permanent")
+async def permanent(payload: Any, ctx: JobContext) -> None:
+    """Raises PermanentError: dead at once."""
+    raise PermanentError("this can never work")
+
+
+@task("unserializable")
+async def unserializable(payload: Any, ctx: JobContext) -> object:
+    """Returns something that is not JSON."""
+    return object()
