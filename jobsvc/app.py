@@ -271,7 +271,13 @@ async def seed_submit(request: Request) -> Response:
     )
 
 
-def create_app(service: JobService | None = None, *, max_body: int | None = None, observer: PrometheusObserver | None = None) -> Starlette:
+def create_app(
+    service: JobService | None = None,
+    *,
+    max_body: int | None = None,
+    observer: PrometheusObserver | None = None,
+    lifespan: Any = None,
+) -> Starlette:
     """The ASGI app. ``service`` may be set later on ``app.state.service`` (jobsvc.asgi)."""
     routes = [
         Route("/jobs", submit, methods=["POST"]),
@@ -292,7 +298,7 @@ def create_app(service: JobService | None = None, *, max_body: int | None = None
         HTTPException: http_error,
         Exception: server_error,
     }
-    app = Starlette(routes=routes, exception_handlers=handlers)
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.service = service
     app.state.max_body = max_body or (service.settings.max_body if service else 256 * 1024)
     app.state.observer = observer or (service.observer if service and isinstance(service.observer, PrometheusObserver) else PrometheusObserver())
