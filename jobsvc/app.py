@@ -104,15 +104,26 @@ async def read_json(request: Request) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_body}")
     chunks, size = [], 0
+    stream = request.stream()
     with trio.move_on_after(BODY_DEADLINE) as scope:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise PayloadTooLarge(f"the body exceeds the limit of {max_body} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > max_body:
+                    raise PayloadTooLarge(f"the body exceeds the limit of {max_body} bytes")
+                chunks.append(chunk)
+        finally:
+            await stream.aclose()
     if scope.cancelled_caught:
         raise HTTPException(408, f"the request body did not arrive within {BODY_DEADLINE:g}s")
     return codec.parse_json(b"".join(chunks))
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= 255):
+        raise BadRequest("the Idempotency-Key header must be 1 to 255 characters")
+    return key
 
 
 def job_body(job: Job) -> dict[str, Any]:
@@ -122,10 +133,7 @@ def job_body(job: Job) -> dict[str, Any]:
 async def submit(request: Request) -> Response:
     body = await read_json(request)
     req = codec.structure_request(body)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= 255):
-        raise BadRequest("the Idempotency-Key header must be 1 to 255 characters")
-    [done] = await _service(request).submit([req], idempotency_key=key)
+    [done] = await _service(request).submit([req], idempotency_key=idempotency_key(request))
     headers = {"Location": f"/jobs/{done.job.id}"}
     return ok(job_body(done.job), status=202 if done.created else 200, headers=headers)
 
@@ -147,8 +155,7 @@ async def submit_batch(request: Request) -> Response:
             errors.extend(exc.errors)
     if errors:
         raise InvalidJob("the batch is invalid: " + "; ".join(errors[:10]), errors=errors)
-    key = request.headers.get("idempotency-key")
-    done = await _service(request).submit(requests, idempotency_key=key, paths=paths)
+    done = await _service(request).submit(requests, idempotency_key=idempotency_key(request), paths=paths)
     return ok({"jobs": [{**job_body(d.job), "created": d.created} for d in done]}, status=202)
 
 
@@ -191,7 +198,7 @@ def _int_param(request: Request, name: str, default: int | None, low: int, high:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadRequest(f"{name} must be a whole number between {low} and {high}")
     return int(raw)
 
@@ -261,7 +268,7 @@ async def metrics(request: Request) -> Response:
 async def seed_submit(request: Request) -> Response:
     body = await read_json(request)
     req = codec.structure_request(body, seed=True)
-    [done] = await _service(request).submit([req], idempotency_key=request.headers.get("idempotency-key"))
+    [done] = await _service(request).submit([req], idempotency_key=idempotency_key(request))
     job = done.job
     message = "Job accepted. Processing shortly..." if done.created else "Job already accepted."
     return ok(

@@ -43,6 +43,7 @@ MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]*")
 MAX_DELAY = 366 * 86400.0
 MAX_TIMEOUT = 86400.0
+MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
 def _strict_str(value: Any, _t: Any) -> str:
@@ -92,10 +93,22 @@ def structure(value: Any, type_: Any, *, path: str = "$") -> Any:
         return converter.structure(value, type_)
     except (cattrs.BaseValidationError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, cattrs.BaseValidationError):
-            messages = cattrs.transform_error(exc, path=path, format_exception=_format_exception)
+            messages = [_field_path(m) for m in cattrs.transform_error(exc, path=path, format_exception=_format_exception)]
         else:
             messages = [f"{_format_exception(exc, type_)} @ {path}"]
         raise InvalidJob("the submission is invalid: " + "; ".join(messages), errors=messages) from None
+
+
+_ATTRS_VALIDATOR = re.compile(r"^'(?P<field>\w+)' (?P<rest>must .*) @ (?P<path>\S+)$", re.DOTALL)
+
+
+def _field_path(message: str) -> str:
+    """attrs validators fail in the class's __init__, so cattrs reports the class's path;
+    their messages name the field ("'seconds' must be >= 0: -1"): move it into the path."""
+    match = _ATTRS_VALIDATOR.match(message)
+    if match is None:
+        return message
+    return f"{match['field']} {match['rest']} @ {match['path']}.{match['field']}"
 
 
 def _json_type(value: Any) -> str:
@@ -116,6 +129,13 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -149,7 +169,7 @@ def parse_json(body: bytes) -> Any:
     if not text.strip():
         raise BadRequest("the request body is empty; send a JSON object")
     try:
-        value = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_no_duplicates)
     except RecursionError:
         raise BadRequest(f"the JSON body is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
     except json.JSONDecodeError as exc:
@@ -158,6 +178,10 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"the request body is not acceptable JSON: {exc}") from None
     if _depth(value) > MAX_JSON_DEPTH:
         raise BadRequest(f"the JSON body is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
+    try:  # a lone surrogate escape parses but can never be stored or echoed as UTF-8
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the JSON body contains an unpaired surrogate escape (\\ud800 to \\udfff)") from None
     return value
 
 
@@ -167,8 +191,12 @@ def parse_json(body: bytes) -> Any:
 def _check_id(value: str | int | None) -> str | None:
     if value is None:
         return None
+    if isinstance(value, bool):
+        return "a job id is a string or a non-negative integer, not a boolean"
     if isinstance(value, int):
-        return "a numeric job id must not be negative" if value < 0 else None
+        if value < 0:
+            return "a numeric job id must not be negative"
+        return f"a job id has at most {MAX_ID_LENGTH} characters" if len(str(value)) > MAX_ID_LENGTH else None
     if len(value) > MAX_ID_LENGTH or not _ID_RE.fullmatch(value):
         return (
             f"a job id is 1 to {MAX_ID_LENGTH} characters: letters, digits and . _ : @ + = -, "
@@ -191,7 +219,10 @@ def parse_time(text: str) -> float:
         raise ValueError(f"run_at must be an ISO 8601 time such as 2026-01-31T12:00:00Z, not {text!r}") from None
     if moment.tzinfo is None:
         raise ValueError("run_at must carry a time zone (for example a trailing Z for UTC)")
-    return moment.timestamp()
+    timestamp = moment.timestamp()
+    if not 0 <= timestamp <= MAX_TIMESTAMP:
+        raise ValueError(f"run_at must be between 1970-01-01 and 9999-12-31 UTC, not {text!r}")
+    return timestamp
 
 
 @attrs.frozen(kw_only=True)

@@ -92,11 +92,11 @@ class UnknownTask(InvalidJob):
 
     slug = "unknown-task"
 
-    def __init__(self, task: str, known: Sequence[str]) -> None:
+    def __init__(self, task: str, known: Sequence[str], *, path: str = "$") -> None:
         names = ", ".join(sorted(known)) or "(none)"
         super().__init__(
             f"unknown task {task!r}; known tasks: {names}",
-            errors=[f"unknown task {task!r} @ $.task"],
+            errors=[f"unknown task {task!r} @ {path}.task"],
         )
         self.task = task
         self.known = sorted(known)

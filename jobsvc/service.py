@@ -40,7 +40,6 @@ from .clock import Clock, SystemClock
 from .codec import JobRequest
 from .config import Settings
 from .errors import (
-    Conflict,
     JobNotFound,
     ServiceUnavailable,
     StoreUnavailable,
@@ -140,10 +139,10 @@ class JobService:
 
     # -- the API the HTTP layer uses ---------------------------------------------------
 
-    def spec(self, task: str) -> TaskSpec:
+    def spec(self, task: str, *, path: str = "$") -> TaskSpec:
         spec = self.registry.get(task)
         if spec is None:
-            raise UnknownTask(task, self.registry.names())
+            raise UnknownTask(task, self.registry.names(), path=path)
         return spec
 
     async def submit(self, requests: Sequence[JobRequest], *, idempotency_key: str | None = None, paths: Sequence[str] | None = None) -> list[Submitted]:
@@ -159,7 +158,7 @@ class JobService:
         jobs = []
         for i, request in enumerate(requests):
             path = paths[i] if paths else "$"
-            spec = self.spec(request.task)
+            spec = self.spec(request.task, path=path)
             if spec.payload is not None:
                 codec.structure(request.payload, spec.payload, path=f"{path}.payload")
             key = idempotency_key if len(requests) == 1 else (idempotency_key and f"{idempotency_key}#{i}")
@@ -185,12 +184,9 @@ class JobService:
                 )
             )
         await self._admit(len(jobs))
-        results = await self.store.insert(jobs)
+        results = await self.store.insert(jobs)  # raises Conflict (inserting nothing) on a clash
         submitted = []
         for job, result in zip(jobs, results, strict=True):
-            if not result.created and result.job.fingerprint != job.fingerprint:
-                what = f"id {job.id!r}" if result.job.id == job.id else f"Idempotency-Key {job.idempotency_key!r}"
-                raise Conflict(f"a job with {what} exists with a different body (job {result.job.id})")
             submitted.append(Submitted(result.job, result.created))
             if result.created:
                 self._pending_estimate += 1

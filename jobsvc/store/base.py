@@ -21,15 +21,25 @@ from collections.abc import Callable, Collection, Sequence
 import attrs
 import trio
 
+from ..errors import Conflict
 from ..models import Job, JobState
 
-__all__ = ["InsertResult", "Store"]
+__all__ = ["InsertResult", "Store", "check_conflicts"]
 
 
 @attrs.frozen
 class InsertResult:
     job: Job  #: the stored job: the new one, or the one already holding that id/key
     created: bool  #: False when the id or idempotency key already existed
+
+
+def check_conflicts(jobs: Sequence[Job], results: Sequence[InsertResult]) -> None:
+    """Raise Conflict if a job's id or key is taken by a job submitted with another body.
+    Stores call it inside the insert transaction, so a conflicting batch inserts nothing."""
+    for job, result in zip(jobs, results, strict=True):
+        if not result.created and result.job.fingerprint != job.fingerprint:
+            what = f"id {job.id!r}" if result.job.id == job.id else f"Idempotency-Key {job.idempotency_key!r}"
+            raise Conflict(f"a job with {what} exists with a different body (job {result.job.id})")
 
 
 class Store(abc.ABC):
@@ -43,7 +53,9 @@ class Store(abc.ABC):
     async def insert(self, jobs: Sequence[Job]) -> list[InsertResult]:
         """Insert new jobs in one transaction, in order. A job whose ``id`` or (non-null)
         ``idempotency_key`` is already stored is not inserted: its result carries the stored
-        job and ``created=False``. ``seq`` is assigned by the store."""
+        job and ``created=False``. ``seq`` is assigned by the store. If such a stored job
+        has another ``fingerprint`` (another body), raise Conflict and insert nothing
+        (see :func:`check_conflicts`)."""
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> Job | None: ...

@@ -15,7 +15,7 @@ import trio
 from .. import models
 from ..errors import JobNotFound
 from ..models import Job, JobState
-from .base import InsertResult, Store
+from .base import InsertResult, Store, check_conflicts
 
 __all__ = ["MemoryStore"]
 
@@ -33,6 +33,7 @@ class MemoryStore(Store):
 
     async def insert(self, jobs: Sequence[Job]) -> list[InsertResult]:
         await trio.lowlevel.checkpoint()
+        saved_jobs, saved_keys = dict(self._jobs), dict(self._keys)
         results = []
         for job in jobs:
             existing_id = job.id if job.id in self._jobs else None
@@ -46,6 +47,11 @@ class MemoryStore(Store):
             if job.idempotency_key is not None:
                 self._keys[job.idempotency_key] = job.id
             results.append(InsertResult(stored, created=True))
+        try:
+            check_conflicts(jobs, results)
+        except BaseException:
+            self._jobs, self._keys = saved_jobs, saved_keys
+            raise
         return results
 
     async def get(self, job_id: str) -> Job | None:

@@ -51,7 +51,7 @@ from ..config import DatabaseURL
 from ..errors import ConfigError, JobNotFound, StoreUnavailable
 from ..models import Job, JobState
 from ._rows import COLUMNS, MUTABLE, from_row, to_row
-from .base import InsertResult, Store
+from .base import InsertResult, Store, check_conflicts
 
 __all__ = [
     "CHANNEL",
@@ -523,6 +523,7 @@ class PostgresStore(Store):
                 if found is None:  # the clashing row vanished (pruned) between the two statements
                     raise StoreUnavailable("a concurrent change got in the way of this insert; retry")
                 results.append(InsertResult(found, created=False))
+            check_conflicts(jobs, results)  # raising rolls the transaction back
             if len(clashes) < len(jobs):
                 conn.execute(_SQL_NOTIFY, (CHANNEL,))
             return results

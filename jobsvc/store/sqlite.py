@@ -27,7 +27,7 @@ from .. import models
 from ..errors import ConfigError, JobNotFound, StoreUnavailable
 from ..models import Job, JobState
 from ._rows import COLUMNS, MUTABLE, from_row, to_row
-from .base import InsertResult, Store
+from .base import InsertResult, Store, check_conflicts
 
 __all__ = ["SQLiteStore", "open_sqlite_store"]
 
@@ -222,6 +222,7 @@ class SQLiteStore(Store):
                     continue
                 row = conn.execute(f"{_SELECT} WHERE id = ? OR idempotency_key = ? ORDER BY id = ? DESC LIMIT 1", (job.id, job.idempotency_key, job.id)).fetchone()  # noqa: S608
                 results.append(InsertResult(from_row(row), created=False))
+            check_conflicts(jobs, results)  # raising rolls this operation back
             return results
 
         return await self._write(run)

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from jobsvc import models
-from jobsvc.errors import IllegalTransition, JobNotFound
+from jobsvc.errors import Conflict, IllegalTransition, JobNotFound
 from jobsvc.models import ErrorRecord, Job, JobState
 from jobsvc.store import Store
 
@@ -59,24 +59,38 @@ async def test_insert_batch_keeps_order_and_seq_increases(store: Store) -> None:
 
 
 async def test_duplicate_id_returns_the_stored_job(store: Store) -> None:
-    """Re-inserting an id changes nothing and returns the first job with created=False."""
-    await store.insert([new_job("d", fingerprint="first")])
-    [again] = await store.insert([new_job("d", fingerprint="second", task="other")])
-    assert not again.created and again.job.fingerprint == "first" and again.job.task == "t"
+    """Re-inserting an id with the same body changes nothing and returns the first job."""
+    await store.insert([new_job("d", payload="first")])
+    [again] = await store.insert([new_job("d", payload="second")])
+    assert not again.created and again.job.payload == "first"
 
 
 async def test_duplicate_idempotency_key_returns_the_stored_job(store: Store) -> None:
-    """A second job with the same idempotency key is not inserted."""
-    await store.insert([new_job("k1", idempotency_key="key")])
-    [again] = await store.insert([new_job("k2", idempotency_key="key")])
+    """A second job with the same idempotency key (and body) is not inserted."""
+    await store.insert([new_job("k1", idempotency_key="key", fingerprint="same")])
+    [again] = await store.insert([new_job("k2", idempotency_key="key", fingerprint="same")])
     assert not again.created and again.job.id == "k1"
     assert await store.get("k2") is None
 
 
 async def test_duplicates_inside_one_batch(store: Store) -> None:
     """Within one batch the second copy of an id is reported as existing."""
-    first, second = await store.insert([new_job("x"), new_job("x", fingerprint="other")])
-    assert first.created and not second.created and second.job.fingerprint == "fp-x"
+    first, second = await store.insert([new_job("x"), new_job("x", payload="other")])
+    assert first.created and not second.created and second.job.payload == first.job.payload
+
+
+@pytest.mark.parametrize("clash", ["id", "key"])
+async def test_a_conflicting_batch_inserts_nothing(store: Store, clash: str) -> None:
+    """Same id or key with another body (fingerprint): Conflict, and the batch's other
+    jobs are not inserted either."""
+    await store.insert([new_job("c0", idempotency_key="k", fingerprint="one")])
+    other = new_job("c0", fingerprint="two") if clash == "id" else new_job("c9", idempotency_key="k", fingerprint="two")
+    with pytest.raises(Conflict, match="different body"):
+        await store.insert([new_job("fresh"), other])
+    assert await store.get("fresh") is None
+    assert [j.id for j in await store.list_jobs()] == ["c0"]
+    [later] = await store.insert([new_job("fresh")])
+    assert later.created
 
 
 async def test_list_filters_and_paginates_by_seq(store: Store) -> None:
