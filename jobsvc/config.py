@@ -8,6 +8,7 @@ silently ignored.
 from __future__ import annotations
 
 import math
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,26 @@ KIB = 1024
 OTHER_ENV = {
     "JOBSVC_DEMO_FAILURE_RATE": "failure rate of the demo 'email' task (jobsvc.demo), 0..1",
 }
+
+
+def redact(url: str) -> str:
+    """``url`` with any password (user-info or a ``password=`` query parameter) masked."""
+    if "@" not in url and "password" not in url.lower():
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, _, host = netloc.rpartition("@")
+        user = creds.partition(":")[0]
+        netloc = f"{user}@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else (f"{k}={v}" if v else k)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @attrs.frozen
@@ -45,20 +66,15 @@ class DatabaseURL:
         if url.startswith(("postgresql://", "postgres://")):
             return cls("postgresql", url)
         raise ConfigError(
-            f"invalid database URL {url!r}; expected 'sqlite:///jobsvc.db' (relative), "
+            f"invalid database URL {redact(url)!r}; expected 'sqlite:///jobsvc.db' (relative), "
             "'sqlite:////var/lib/jobsvc/jobs.db' (absolute), 'memory:' or "
             "'postgresql://user@host:5432/dbname'"
         )
 
     @property
     def display(self) -> str:
-        """The URL without a password, for logs."""
-        if self.scheme != "postgresql" or "@" not in self.url:
-            return self.url
-        head, _, tail = self.url.partition("://")
-        creds, _, host = tail.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{head}://{user}@{host}"
+        """The URL without a password, for logs and messages."""
+        return redact(self.url)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -123,7 +123,8 @@ class JobService:
         self.default_backoff = Backoff(base=settings.backoff_base, cap=settings.backoff_cap)
         self._task_names = frozenset(registry.names())
         self._send, self._receive = trio.open_memory_channel[Job](settings.workers)
-        self._inflight = 0  # jobs sent to the channel and not yet finished by a worker
+        self._inflight = 0  # jobs sent to the channel (or being claimed for it) and not yet finished
+        self._queued: dict[str, Job] = {}  # claimed jobs waiting in the channel for a worker
         self._backlog = True  # there may be due jobs in the store that nobody holds
         self._wake = trio.Event()
         self._running: dict[str, trio.CancelScope] = {}
@@ -325,6 +326,10 @@ class JobService:
                         await self._stop_intake.wait()
                         intake.cancel_scope.cancel()
                     await self._send.aclose()  # workers release what is buffered, then exit
+                # Workers cancelled at the deadline leave claimed jobs in the channel: release them.
+                for job in list(self._queued.values()):
+                    await self._release(job)
+                self._queued.clear()
                 background.cancel_scope.cancel()
         finally:
             self.stopped.set()
@@ -364,10 +369,13 @@ class JobService:
             try:
                 delay = await self._dispatch_step()
                 failures = 0
-            except StoreUnavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - never wedge: back off and try again
                 delay = min(STORE_RETRY_MAX, STORE_RETRY_MIN * 2**failures)
                 failures += 1
-                log.warning("dispatcher: store unavailable (%s); retrying in %.1fs", exc, delay)
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("dispatcher: store unavailable (%s); retrying in %.1fs", exc, delay)
+                else:
+                    log.exception("dispatcher: unexpected error; retrying in %.1fs", delay)
             with trio.move_on_after(delay):
                 await wake.wait()
 
@@ -378,10 +386,19 @@ class JobService:
         if capacity <= 0:
             return poll  # a worker that frees up wakes us
         now = self.clock.now()
-        jobs = await self.store.claim_due(owner=self.owner, now=now, lease=self.settings.lease, limit=capacity, tasks=self._task_names)
+        # Reserve the capacity while claiming (the accept path may hand off meanwhile), and
+        # shield the claim: once the store has claimed jobs, they must reach the channel
+        # (or be released), never be dropped by a cancellation.
+        self._inflight += capacity
+        jobs: list[Job] = []
+        try:
+            with trio.CancelScope(shield=True):
+                jobs = await self.store.claim_due(owner=self.owner, now=now, lease=self.settings.lease, limit=capacity, tasks=self._task_names)
+        finally:
+            self._inflight -= capacity - len(jobs)
         for job in jobs:
+            self._queued[job.id] = job
             self._send.send_nowait(job)  # inflight <= workers == buffer size: never blocks
-            self._inflight += 1
         if len(jobs) == capacity:
             self._backlog = True
             return poll
@@ -393,7 +410,11 @@ class JobService:
 
     async def _watch_store(self) -> None:
         while True:
-            await self.store.wait_for_work()
+            try:
+                await self.store.wait_for_work()
+            except Exception:  # noqa: BLE001 - the poll still finds the work; try again soon
+                log.exception("store watcher: unexpected error")
+                await trio.sleep(self.settings.poll)
             self._backlog = True
             self._wake.set()
 
@@ -423,10 +444,14 @@ class JobService:
                         log.info("pruned %d finished job(s) older than the retention", pruned)
             except StoreUnavailable as exc:
                 log.warning("maintenance: store unavailable (%s)", exc)
+            except Exception:  # noqa: BLE001 - never wedge: try again at the next heartbeat
+                log.exception("maintenance: unexpected error")
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
         async with receive:
             async for job in receive:
+                if job.state is JobState.RUNNING:
+                    self._queued.pop(job.id, None)
                 try:
                     if self.draining:
                         if job.state is JobState.RUNNING:
@@ -434,9 +459,11 @@ class JobService:
                         continue
                     if job.state is not JobState.RUNNING:
                         try:
-                            claimed = await self.store.claim(job.id, owner=self.owner, now=self.clock.now(), lease=self.settings.lease)
-                        except StoreUnavailable:
-                            claimed = None  # it stays pending; the dispatcher retries
+                            with trio.CancelScope(shield=True):  # a claim made must be seen
+                                claimed = await self.store.claim(job.id, owner=self.owner, now=self.clock.now(), lease=self.settings.lease)
+                        except Exception as exc:  # noqa: BLE001 - it stays pending; the dispatcher retries
+                            log.warning("worker could not claim job %s (%s)", job.id, exc)
+                            claimed = None
                         if claimed is None:
                             continue
                         job = claimed

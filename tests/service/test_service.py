@@ -275,3 +275,45 @@ async def test_idempotent_resubmission(service: JobService) -> None:
     [again] = await service.submit([JobRequest(task="echo", payload=1, id="same")])
     assert first.created and not again.created and again.job.id == "same"
     assert len(await service.list_jobs()) == 1
+
+
+@attrs.define
+class FailingClaims(MemoryStore):
+    """claim_due raises ``errors`` in turn before working."""
+
+    errors: list[Exception] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        MemoryStore.__init__(self)
+
+    async def claim_due(self, **kwargs: Any) -> list[Job]:
+        if self.errors:
+            raise self.errors.pop(0)
+        return await super().claim_due(**kwargs)
+
+
+async def test_dispatcher_backs_off_and_recovers(start_service: Any, autojump_clock: Any) -> None:
+    """The dispatcher survives store outages and even unexpected errors: it retries after
+    0.1 s, then 0.2 s, and the waiting job runs at t=0.3."""
+    store = FailingClaims(errors=[StoreUnavailable("down"), RuntimeError("bug")])
+    [waiting] = await store.insert([Job(id="w", task="echo", payload=1, max_attempts=1, run_at=EPOCH, created_at=EPOCH, updated_at=EPOCH)])
+    service = await start_service(store=store)
+    done = await service.wait("w", 100)
+    assert done.state is JobState.SUCCEEDED and done.finished_at == pytest.approx(EPOCH + 0.3, abs=1e-6)
+    assert waiting.job.state is JobState.PENDING
+
+
+async def test_nothing_is_left_running_after_shutdown_with_a_full_channel(start_service: Any, autojump_clock: Any) -> None:
+    """Claimed jobs waiting in the channel at shutdown are released, not left running."""
+    service = await start_service(workers=3, grace=1)
+    jobs = [await submit(service, "nap", {"seconds": 50}) for _ in range(10)]
+    await trio.sleep(1)
+    service.begin_shutdown()
+    await service.stopped.wait()
+    assert trio.current_time() == 2.0
+    states = [(await service.store.get(j.id)).state for j in jobs]  # type: ignore[union-attr]
+    stuck = [await service.store.get(j.id) for j in jobs]
+    assert states.count(JobState.PENDING) == 10, [s for s in stuck if s and s.state is not JobState.PENDING]
+    for job in jobs:
+        stored = await service.store.get(job.id)
+        assert stored is not None and stored.attempts == 0 and stored.lease_owner is None
