@@ -1,0 +1,94 @@
+"""run_service in-process on a real socket (127.0.0.1:0), and the CLI's error handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from jobsvc import cli
+from jobsvc.config import Settings
+from jobsvc.models import JobState
+from jobsvc.server import Running, hypercorn_config, run_service
+from jobsvc.tasks import Registry
+
+
+async def test_run_service_serves_runs_and_drains(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A real hypercorn on port 0 accepts a job, runs it, and on shutdown turns /ready to
+    503, releases the unfinished job and returns with nothing left running."""
+    settings = Settings(bind="127.0.0.1:0", db=f"sqlite:///{tmp_path / 'jobs.db'}", workers=2, grace=0.5)
+    done = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await run_service(settings, registry=Registry.from_modules(["testtasks"]), task_status=task_status)
+        finally:
+            done.set()
+
+    with trio.fail_after(20):
+        running: Running = await nursery.start(serve)
+        assert running.url.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient(base_url=running.url) as client:
+            quick = (await client.post("/jobs", json={"task": "echo", "payload": {"x": 1}})).json()
+            slow = (await client.post("/jobs", json={"task": "nap", "payload": {"seconds": 60}})).json()
+            final = (await client.get(f"/jobs/{quick['id']}", params={"wait": 10})).json()
+            assert (final["state"], final["result"]) == ("succeeded", {"x": 1})
+            while (await client.get(f"/jobs/{slow['id']}")).json()["state"] != "running":
+                await trio.sleep(0.01)
+            running.shutdown()
+            assert (await client.get("/ready")).status_code == 503
+        await done.wait()
+    # Reopen the database: the long job was released, not left running.
+    from jobsvc.store import open_store
+
+    async with open_store(settings.db) as store:
+        stored = await store.get(slow["id"])
+        assert stored is not None and (stored.state, stored.attempts) == (JobState.PENDING, 0)
+        assert (await store.count_by_state())[JobState.RUNNING] == 0
+
+
+def test_hypercorn_config_follows_the_settings() -> None:
+    """The embedded hypercorn drains within --grace and sends no Server header."""
+    config = hypercorn_config(Settings(bind="127.0.0.1:0", grace=7))
+    assert (config.bind, config.graceful_timeout, config.include_server_header) == (["127.0.0.1:0"], 7, False)
+
+
+def test_cli_reports_bad_configuration(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configuration error is one clear line on stderr and exit code 2."""
+    monkeypatch.setenv("JOBSVC_WORKER", "3")
+    assert cli.main(["serve"]) == 2
+    assert "unknown environment variable JOBSVC_WORKER" in capsys.readouterr().err
+    monkeypatch.delenv("JOBSVC_WORKER")
+    assert cli.main(["serve", "--workers", "0"]) == 2
+    assert "workers must be a whole number of at least 1" in capsys.readouterr().err
+    assert cli.main(["serve", "--tasks", "no.such.module"]) == 2
+    assert "cannot import task module 'no.such.module'" in capsys.readouterr().err
+
+
+def test_cli_migrate_on_sqlite_is_a_no_op(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """jobsvc migrate on SQLite creates the schema and says it is up to date."""
+    assert cli.main(["migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert (tmp_path / "m.db").exists()
+
+
+def test_cli_serve_on_an_unusable_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A SQLite path in a missing directory is a clear error, not a traceback."""
+    assert cli.main(["serve", "--bind", "127.0.0.1:0", "--db", f"sqlite:///{tmp_path}/nope/x.db"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+async def test_serve_twice_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
+    """The second process (here: a second open) on a SQLite file gets a clear ConfigError."""
+    from jobsvc.errors import ConfigError
+    from jobsvc.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    async with open_store(url):
+        with pytest.raises(ConfigError, match="another jobsvc process is using"):
+            async with open_store(url):
+                pass  # pragma: no cover
+
+
