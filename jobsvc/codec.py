@@ -276,6 +276,7 @@ class SeedRequest:
 
 def structure_request(value: Any, *, path: str = "$", seed: bool = False) -> JobRequest:
     """A request body -> JobRequest, or InvalidJob naming every problem with its path."""
+    request: JobRequest
     if seed:
         request = structure(value, SeedRequest, path=path).to_request()
         problems = [p.replace(f"{path}.task", f"{path}.task_type") for p in request.problems(path)]

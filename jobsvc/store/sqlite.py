@@ -218,7 +218,7 @@ class SQLiteStore(Store):
             for job in jobs:
                 cur = conn.execute(_INSERT, _values(job))
                 if cur.rowcount == 1:
-                    results.append(InsertResult(attrs.evolve(job, seq=cur.lastrowid), created=True))
+                    results.append(InsertResult(attrs.evolve(job, seq=int(cur.lastrowid or 0)), created=True))
                     continue
                 row = conn.execute(f"{_SELECT} WHERE id = ? OR idempotency_key = ? ORDER BY id = ? DESC LIMIT 1", (job.id, job.idempotency_key, job.id)).fetchone()  # noqa: S608
                 results.append(InsertResult(from_row(row), created=False))
@@ -242,7 +242,8 @@ class SQLiteStore(Store):
         after: int | None = None,
         limit: int = 100,
     ) -> list[Job]:
-        where, args = ["seq > ?"], [after or 0]
+        where: list[str] = ["seq > ?"]
+        args: list[object] = [after or 0]
         if states:
             where.append(f"state IN ({', '.join('?' for _ in states)})")
             args.extend(s.value for s in states)
