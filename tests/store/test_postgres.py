@@ -407,9 +407,14 @@ async def test_unreachable_server_fails_fast_with_store_unavailable() -> None:
             async with open_postgres_store("postgresql://root:secret@127.0.0.1:1/nowhere"):
                 pass
     assert time.monotonic() - t0 < 5
-    with pytest.raises(StoreUnavailable) as info:
-        await migrate("postgresql://root:secret@127.0.0.1:1/nowhere")
-    assert "secret" not in str(info.value)
+    for url in ("postgresql://root:secret@127.0.0.1:1/nowhere", "postgresql://root@127.0.0.1:1/nowhere?password=secret"):
+        with pytest.raises(StoreUnavailable) as info:
+            await migrate(url)
+        assert "secret" not in str(info.value) and "127.0.0.1:1/nowhere" in str(info.value)
+    with pytest.raises(ConfigError, match="invalid PostgreSQL URL") as bad:
+        async with open_postgres_store("postgresql://root:secret@127.0.0.1:1/x?sslmode=bogus&nope=1"):
+            pass
+    assert "secret" not in str(bad.value)
 
 
 async def test_pool_recovers_after_its_connections_are_killed(store: PostgresStore, pg_url: str) -> None:
