@@ -46,9 +46,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-from psycopg import sql
 import trio
 import trio.testing
+from psycopg import sql
 
 from jobsvc.models import Job
 from jobsvc.store.postgres import apply_migrations, open_postgres_store
@@ -229,13 +229,10 @@ async def e2e_noop() -> dict[str, Any]:
             urls = [s.url for s in started]
             total, batch = 6_000, 100
             body = {"jobs": [{"task": "noop", "payload": None} for _ in range(batch)]}
-            next_batch = 0
+            batches = iter(range(total // batch))
 
-            async def submitter(client: httpx.AsyncClient) -> None:
-                nonlocal next_batch
-                while next_batch < total // batch:
-                    i = next_batch
-                    next_batch += 1
+            async def submitter(client: httpx.AsyncClient, urls: list[str], body: dict[str, Any], batches: Iterator[int]) -> None:
+                for i in batches:  # shared iterator: each batch is posted once
                     response = await client.post(f"{urls[i % len(urls)]}/jobs/batch", json=body)
                     assert response.status_code == 202, response.text
 
@@ -244,7 +241,7 @@ async def e2e_noop() -> dict[str, Any]:
                 with trio.fail_after(DRAIN_DEADLINE):
                     async with trio.open_nursery() as nursery:
                         for _ in range(4):
-                            nursery.start_soon(submitter, client)
+                            nursery.start_soon(submitter, client, urls, body, batches)
             submitted = time.perf_counter() - t0
             await _wait_succeeded(url, total)
             elapsed = time.perf_counter() - t0
@@ -269,13 +266,13 @@ async def rescue_kill9() -> dict[str, Any]:
             owned = "SELECT count(*) FROM jobs WHERE state = 'running' AND split_part(lease_owner, ':', 2) = %s"
             victim = started[1]
             with trio.fail_after(30):  # every instance busy with its 8 jobs
-                while _q(url, "SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 24:
+                while _q(url, "SELECT count(*) FROM jobs WHERE state = 'running'")[0][0] < 24:  # noqa: ASYNC110 - polling the database, bounded
                     await trio.sleep(0.02)
             held = _q(url, owned, (str(victim.proc.pid),))[0][0]
             t0 = time.perf_counter()
             victim.kill()
             with trio.fail_after(lease + heartbeat + 30):
-                while _q(url, owned, (str(victim.proc.pid),))[0][0]:
+                while _q(url, owned, (str(victim.proc.pid),))[0][0]:  # noqa: ASYNC110 - polling the database, bounded
                     await trio.sleep(0.01)
             delay = time.perf_counter() - t0
             out[f"lease_{lease:g}_heartbeat_{heartbeat:g}"] = {
@@ -297,7 +294,7 @@ async def notify_latency() -> dict[str, Any]:
                 woke = trio.Event()
                 t_wake = 0.0
 
-                async def waiter() -> None:
+                async def waiter(woke: trio.Event) -> None:
                     nonlocal t_wake
                     await b.wait_for_work()
                     t_wake = time.perf_counter()
@@ -305,7 +302,7 @@ async def notify_latency() -> dict[str, Any]:
 
                 with trio.fail_after(5):
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(waiter)
+                        nursery.start_soon(waiter, woke)
                         await trio.testing.wait_all_tasks_blocked()
                         t0 = time.perf_counter()
                         await a.insert(_jobs(1))
@@ -327,9 +324,10 @@ async def notify_latency() -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
     import hypercorn  # noqa: F401
     import psycopg_pool
-    from importlib.metadata import version
 
     cpu = "unknown"
     try:

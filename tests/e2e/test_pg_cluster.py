@@ -30,7 +30,6 @@ import httpx
 import psycopg
 import pytest
 import trio
-
 from pg_cluster_tasks import Execution, read_executions
 
 pytestmark = [
@@ -310,7 +309,7 @@ async def test_kill_9_of_one_instance_loses_nothing_and_its_jobs_are_rescued(clu
         [(held,)] = db(cluster.pg_url, owned, (str(victim.pid),))
         held_at_kill.append(held)
         with trio.fail_after(30):  # poll (bounded) until the survivors took all of them back
-            while db(cluster.pg_url, owned, (str(victim.pid),))[0][0]:
+            while db(cluster.pg_url, owned, (str(victim.pid),))[0][0]:  # noqa: ASYNC110 - polling another process, bounded
                 await trio.sleep(0.02)
         rescue_delay.append(time.time() - killed_at)
 
@@ -372,7 +371,7 @@ async def test_zz_postgres_restart_mid_run_loses_nothing(cluster: Cluster) -> No
 
     async def restart() -> None:
         with trio.fail_after(60):
-            while len(result.accepted) < 600:
+            while len(result.accepted) < 600:  # noqa: ASYNC110 - polling another process, bounded
                 await trio.sleep(0.02)
         completed = await trio.to_thread.run_sync(
             lambda: subprocess.run(
@@ -402,6 +401,6 @@ async def test_zz_postgres_restart_mid_run_loses_nothing(cluster: Cluster) -> No
     async with httpx.AsyncClient(timeout=5) as client:
         for instance in instances:
             with trio.fail_after(30):
-                while (await client.get(f"{instance.url}/ready")).status_code != 200:
+                while (await client.get(f"{instance.url}/ready")).status_code != 200:  # noqa: ASYNC110 - polling another process, bounded
                     await trio.sleep(0.1)
     print(f"PostgreSQL restart: statuses {dict(result.statuses)}, {result.ambiguous} ambiguous; all 2000 jobs succeeded")

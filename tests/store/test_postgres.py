@@ -6,27 +6,29 @@ The behaviour every store shares is in tests/store/test_contract.py.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import attrs
 import psycopg
 import pytest
 import trio
+from pg_fixtures import admin_connect  # tests/ is on sys.path (tests/conftest.py); so are the pg_* fixtures
 
 from jobsvc import models
 from jobsvc.errors import ConfigError, IllegalTransition, JobNotFound, StoreUnavailable
 from jobsvc.models import Job, JobState
 from jobsvc.store import open_store
-from jobsvc.store.postgres import CURRENT_VERSION, MIGRATIONS, PostgresStore, apply_migrations, migrate, open_postgres_store
-
-if "pg_fixtures" not in sys.modules:  # without tests/conftest.py, tests/ is not on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pg_fixtures import admin_connect, pg_empty_url, pg_template, pg_url  # noqa: E402, F401
+from jobsvc.store.postgres import (
+    CURRENT_VERSION,
+    MIGRATIONS,
+    PostgresStore,
+    apply_migrations,
+    migrate,
+    open_postgres_store,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -177,7 +179,7 @@ async def test_two_instances_claiming_concurrently_never_share_a_job(pg_url: str
 
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                for i in range(4):
+                for _ in range(4):
                     nursery.start_soon(claimer, a, "a")
                     nursery.start_soon(claimer, b, "b")
     all_claims = got["a"] + got["b"]
@@ -310,7 +312,7 @@ async def test_modify_rolls_back_when_the_change_raises(store: PostgresStore) ->
 async def wait_until(predicate: Any, *, timeout: float = 5.0, what: str = "condition") -> None:
     """Poll ``predicate`` until true, failing after ``timeout`` seconds."""
     with trio.move_on_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polling, bounded
             await trio.sleep(0.01)
         return
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
