@@ -33,9 +33,11 @@ pg:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "PostgreSQL did not come up" >&2; exit 1
 
+# PG_TEST_ALLOW_RESTART=1: `make test` also runs the test that restarts the local PostgreSQL
+# mid-run (a plain `pytest` skips it, so it never surprises someone else using the server).
 test: $(STAMP) pg
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	PG_TEST_ALLOW_RESTART=1 $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 

@@ -210,8 +210,9 @@ def cancel(job: Job, *, now: float) -> Job:
 
 
 def release(job: Job, *, now: float) -> Job:
-    """running -> pending without burning the attempt (graceful shutdown)."""
-    return _move(job, Event.RELEASE, now, attempts=job.attempts - 1, run_at=now, **_NO_LEASE)
+    """running -> pending without burning the attempt (graceful shutdown). ``run_at`` is
+    kept, so the job keeps its place at the head of the queue."""
+    return _move(job, Event.RELEASE, now, attempts=job.attempts - 1, **_NO_LEASE)
 
 
 def rescue(job: Job, *, now: float, max_rescues: int) -> Job:
@@ -236,7 +237,8 @@ def rescue(job: Job, *, now: float, max_rescues: int) -> Job:
             finished_at=now,
             **_NO_LEASE,
         )
-    return _move(job, Event.RESCUE, now, rescues=rescues, attempts=attempts, run_at=now, **_NO_LEASE)
+    # run_at is kept: a rescued job goes back to its place at the head of the queue.
+    return _move(job, Event.RESCUE, now, rescues=rescues, attempts=attempts, **_NO_LEASE)
 
 
 def redrive(job: Job, *, now: float) -> Job:

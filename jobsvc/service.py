@@ -482,6 +482,7 @@ class JobService:
             task=job.task,
             attempt=job.attempts,
             max_attempts=job.max_attempts,
+            lease_token=job.lease_token,
             log=logging.LoggerAdapter(job_log, {"job_id": job.id, "task": job.task, "attempt": job.attempts}),
         )
         scope = trio.CancelScope()

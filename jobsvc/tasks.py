@@ -54,6 +54,7 @@ class JobContext:
     task: str
     attempt: int  #: 1 for the first attempt
     max_attempts: int
+    lease_token: int  #: the fencing token of this claim: it changes if the job is run again
     log: logging.LoggerAdapter[logging.Logger]
 
 

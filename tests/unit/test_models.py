@@ -79,17 +79,17 @@ def test_error_history_is_bounded() -> None:
 
 
 def test_release_hands_the_attempt_back() -> None:
-    """release (shutdown): pending again, attempt not burnt, due at once."""
+    """release (shutdown): pending again, attempt not burnt, its place in the queue kept."""
     running = models.claim(make_job(), owner="w1", now=200.0, lease=30.0)
     job = models.release(running, now=205.0)
-    assert (job.state, job.attempts, job.run_at, job.lease_owner, job.lease_token) == (JobState.PENDING, 0, 205.0, None, 1)
+    assert (job.state, job.attempts, job.run_at, job.lease_owner, job.lease_token) == (JobState.PENDING, 0, 100.0, None, 1)
 
 
 def test_rescue_counts_rescues_not_attempts() -> None:
-    """rescue: pending, attempts handed back, rescues+1."""
+    """rescue: pending, attempts handed back, rescues+1, its place in the queue kept."""
     running = models.claim(make_job(), owner="w1", now=200.0, lease=30.0)
     job = models.rescue(running, now=240.0, max_rescues=3)
-    assert (job.state, job.attempts, job.rescues) == (JobState.PENDING, 0, 1)
+    assert (job.state, job.attempts, job.rescues, job.run_at) == (JobState.PENDING, 0, 1, 100.0)
 
 
 def test_rescued_too_often_is_dead_with_worker_lost() -> None:
