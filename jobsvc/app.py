@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -83,6 +83,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
         405: f"{request.method} is not allowed on {request.url.path}",
     }.get(exc.status_code, exc.detail)
     return problem(exc.status_code, slug=slug, detail=detail, instance=request.url.path, headers=dict(exc.headers or {}))
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up mid-body: nothing was accepted, nobody is listening; not an error."""
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -303,6 +309,7 @@ def create_app(
     handlers: dict[Any, Callable[..., Any]] = {
         JobsvcError: jobsvc_error,
         HTTPException: http_error,
+        ClientDisconnect: client_gone,
         Exception: server_error,
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)

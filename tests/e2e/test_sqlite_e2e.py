@@ -264,11 +264,6 @@ def test_second_sigterm_stops_at_once(servers: Any, db_path: Path) -> None:
     assert set(servers.query(db_path, "SELECT state, attempts FROM jobs")) == {("pending", 0)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: jobsvc/app.py read_json lets starlette.requests.ClientDisconnect escape; "
-    "server_error logs it at ERROR with a traceback ('unhandled error on POST /jobs') and answers 500",
-)
 def test_client_disconnect_mid_body_is_not_an_error(servers: Any, db_path: Path) -> None:
     """A client that hangs up halfway through a POST body leaves no error or traceback in the log."""
     server = servers.start(db_path)

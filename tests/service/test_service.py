@@ -317,3 +317,18 @@ async def test_nothing_is_left_running_after_shutdown_with_a_full_channel(start_
     for job in jobs:
         stored = await service.store.get(job.id)
         assert stored is not None and stored.attempts == 0 and stored.lease_owner is None
+
+
+async def test_never_more_running_jobs_than_workers(start_service: Any, autojump_clock: Any) -> None:
+    """Claims follow idle workers: at no time are more jobs 'running' than there are workers
+    (a crash can then only orphan jobs that were really executing)."""
+    service = await start_service(workers=3)
+    jobs = [await submit(service, "nap", {"seconds": 1 + i % 3}) for i in range(20)]
+    most = 0
+    while True:
+        counts = await service.store.count_by_state()
+        most = max(most, counts[JobState.RUNNING])
+        if counts[JobState.SUCCEEDED] == len(jobs):
+            break
+        await trio.sleep(0.25)
+    assert most == 3
