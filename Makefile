@@ -46,6 +46,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) pg
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_pg.py --out bench/RESULTS-postgres.md
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .hypothesis *.egg-info
