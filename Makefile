@@ -13,14 +13,15 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    start jobsvc on http://$(BIND) (SQLite $(DB), demo tasks)"
 	@echo "make test   create/update the virtualenv and run the whole suite with coverage"
-	@echo "make bench  run the benchmarks and rewrite bench/RESULTS.md"
+	@echo "make lint   ruff and mypy --strict"
+	@echo "make bench  run the benchmarks and rewrite bench/RESULTS*.md"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,postgres]'
+	$(BIN)/python -m pip install -q -e '.[test,postgres,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,6 +48,10 @@ test-fast: $(STAMP)
 bench: $(STAMP) pg
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bench_pg.py --out bench/RESULTS-postgres.md
+
+lint: $(STAMP)
+	$(BIN)/ruff check jobsvc tests bench
+	$(BIN)/mypy jobsvc
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .pytest_cache .hypothesis *.egg-info

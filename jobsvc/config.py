@@ -8,9 +8,9 @@ silently ignored.
 from __future__ import annotations
 
 import math
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import attrs
 

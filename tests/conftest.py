@@ -17,12 +17,15 @@ import attrs
 import httpx
 import pytest
 import trio
-from hypothesis import HealthCheck, settings as hypothesis_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 # Scrub the environment first: a JOBSVC_* variable of the developer's must not leak in.
 for _key in list(os.environ):
     if _key.startswith("JOBSVC_"):
         del os.environ[_key]
+
+from pg_fixtures import pg_empty_url, pg_template, pg_url  # noqa: E402,F401
 
 from jobsvc.app import create_app  # noqa: E402
 from jobsvc.clock import TrioClock  # noqa: E402
@@ -31,8 +34,6 @@ from jobsvc.metrics import PrometheusObserver  # noqa: E402
 from jobsvc.service import JobService  # noqa: E402
 from jobsvc.store import MemoryStore, Store, open_store  # noqa: E402
 from jobsvc.tasks import Registry  # noqa: E402
-
-from pg_fixtures import pg_empty_url, pg_template, pg_url  # noqa: E402,F401
 
 hypothesis_settings.register_profile(
     "jobsvc", suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None, max_examples=60

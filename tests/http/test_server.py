@@ -35,7 +35,7 @@ async def test_run_service_serves_runs_and_drains(tmp_path: Path, nursery: trio.
             slow = (await client.post("/jobs", json={"task": "nap", "payload": {"seconds": 60}})).json()
             final = (await client.get(f"/jobs/{quick['id']}", params={"wait": 10})).json()
             assert (final["state"], final["result"]) == ("succeeded", {"x": 1})
-            while (await client.get(f"/jobs/{slow['id']}")).json()["state"] != "running":
+            while (await client.get(f"/jobs/{slow['id']}")).json()["state"] != "running":  # noqa: ASYNC110 - polling a real server, bounded by fail_after
                 await trio.sleep(0.01)
             running.shutdown()
             assert (await client.get("/ready")).status_code == 503

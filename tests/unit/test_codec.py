@@ -306,7 +306,7 @@ json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.flo
 json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=15)
 ids = st.none() | st.integers(0, 2**63) | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}", fullmatch=True)
 run_ats = st.datetimes(
-    min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2200, 1, 1),
+    min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2200, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive
     timezones=st.timezones(),
 ).map(lambda d: d.isoformat())
 
