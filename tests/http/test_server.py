@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -93,3 +94,28 @@ async def test_serve_twice_on_one_sqlite_file_is_refused(tmp_path: Path) -> None
                 pass  # pragma: no cover
 
 
+
+
+async def test_asgi_app_under_hypercorn_runs_jobs_in_its_lifespan(tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """jobsvc.asgi:app (for `hypercorn --worker-class trio`) starts the store and workers in
+    the ASGI lifespan from JOBSVC_* variables, runs jobs, and drains at lifespan shutdown."""
+    import hypercorn.trio
+    from hypercorn.config import Config
+
+    from jobsvc import asgi
+
+    monkeypatch.setenv("JOBSVC_DB", f"sqlite:///{tmp_path / 'asgi.db'}")
+    monkeypatch.setenv("JOBSVC_TASKS", "testtasks")
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    shutdown = trio.Event()
+    with trio.fail_after(20):
+        binds = await nursery.start(partial(hypercorn.trio.serve, asgi.app, config, shutdown_trigger=shutdown.wait))
+        async with httpx.AsyncClient(base_url=binds[0]) as client:
+            job = (await client.post("/jobs", json={"task": "nap", "payload": {"seconds": 0.01}})).json()
+            done = (await client.get(f"/jobs/{job['id']}", params={"wait": 10})).json()
+            assert (done["state"], done["result"]) == ("succeeded", {"slept": 0.01})
+        shutdown.set()
+        service = asgi.app.state.service
+        await service.stopped.wait()
