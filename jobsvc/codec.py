@@ -339,8 +339,9 @@ def job_to_json(job: Job) -> dict[str, Any]:
 
 
 def check_json_result(value: Any) -> Any:
-    """A handler's return value must be JSON; raise TypeError otherwise."""
-    json.dumps(value, allow_nan=False)
+    """A handler's return value must be JSON that the stores can write: TypeError or
+    ValueError (UnicodeEncodeError for lone surrogates, NaN...) otherwise."""
+    json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     return value
 
 

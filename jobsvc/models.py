@@ -116,6 +116,9 @@ class ErrorRecord:
 
     @classmethod
     def make(cls, *, attempt: int, at: float, type: str, message: str) -> ErrorRecord:
+        # Exception text may hold lone surrogates (undecodable file names...): keep it storable.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        type = type.encode("utf-8", "backslashreplace").decode("utf-8")
         if len(message) > MAX_ERROR_MESSAGE:
             message = message[: MAX_ERROR_MESSAGE - 1] + "\u2026"
         return cls(attempt=attempt, at=at, type=type, message=message)

@@ -97,6 +97,15 @@ class _Outcome:
     permanent: bool = False
 
 
+def _failure(exc: Exception) -> _Outcome:
+    """An attempt's exception as an outcome; robust to exceptions whose str() fails."""
+    try:
+        message = str(exc) or repr(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not take the worker down
+        message = f"<{type(exc).__name__} with an unprintable message>"
+    return _Outcome("failed", error_type=type(exc).__name__, message=message, permanent=isinstance(exc, PermanentError))
+
+
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -127,9 +136,11 @@ class JobService:
         self._queued: dict[str, Job] = {}  # claimed jobs waiting in the channel for a worker
         self._backlog = True  # there may be due jobs in the store that nobody holds
         self._wake = trio.Event()
-        self._running: dict[str, trio.CancelScope] = {}
-        self._cancel_soon: set[str] = set()
-        self._finished: dict[str, trio.Event] = {}
+        self._held: dict[str, int] = {}  # jobs this process holds (claimed) -> lease token
+        self._running: dict[tuple[str, int], trio.CancelScope] = {}  # (id, token) -> handler scope
+        self._cancel_soon: set[str] = set()  # held jobs asked to cancel before their handler started
+        self._finished: dict[str, trio.Event] = {}  # long-poll wake-ups
+        self._waiters: dict[str, int] = {}
         self._pending_estimate = 0
         self._workers_scope: trio.CancelScope | None = None
         self._grace_deadline = math.inf
@@ -196,6 +207,8 @@ class JobService:
         return submitted
 
     def _hand_off(self, job: Job, now: float) -> None:
+        if job.task not in self._task_names:
+            return  # another instance runs it
         if job.run_at <= now and self._capacity() > 0:
             try:
                 self._send.send_nowait(job)
@@ -225,19 +238,29 @@ class JobService:
     async def wait(self, job_id: str, timeout: float) -> Job:
         """The job once it is final, or as it is after ``timeout`` seconds (long poll)."""
         deadline = trio.current_time() + timeout
-        while True:
-            job = await self.get(job_id)
-            if job.is_final or trio.current_time() >= deadline or self.draining:
-                return job
-            event = self._finished.setdefault(job_id, trio.Event())
-            with trio.move_on_at(min(deadline, trio.current_time() + self.settings.poll)):
-                await event.wait()
+        self._waiters[job_id] = self._waiters.get(job_id, 0) + 1
+        try:
+            while True:
+                job = await self.get(job_id)
+                if job.is_final or trio.current_time() >= deadline or self.draining:
+                    return job
+                event = self._finished.setdefault(job_id, trio.Event())
+                # Jobs finished elsewhere (another instance, a rescue) are seen by the poll.
+                with trio.move_on_at(min(deadline, trio.current_time() + self.settings.poll)):
+                    await event.wait()
+        finally:
+            self._waiters[job_id] -= 1
+            if not self._waiters[job_id]:
+                del self._waiters[job_id]
+                self._finished.pop(job_id, None)
 
     async def list_jobs(self, *, states: Sequence[JobState] = (), task: str | None = None, after: int | None = None, limit: int = 100) -> list[Job]:
         return await self.store.list_jobs(states=states, task=task, after=after, limit=limit)
 
     async def retry(self, job_id: str) -> Job:
-        """Replay a dead (or cancelled) job: back to pending with a fresh set of attempts."""
+        """Replay a dead (or cancelled) job: back to pending with a fresh set of attempts.
+        A job whose task this instance does not know is redriven all the same (another
+        instance may run it); it is just not handed to a local worker."""
         now = self.clock.now()
         job = await self.store.modify(job_id, lambda j: models.redrive(j, now=now))
         self.observer.job_event("redriven", job.task)
@@ -246,19 +269,24 @@ class JobService:
         return job
 
     async def cancel(self, job_id: str) -> Job:
-        """Cancel a waiting job at once; a running one through its handler's cancel scope."""
+        """Cancel a waiting job at once; a running one through its handler's cancel scope
+        (here, or on the instance that holds it: its heartbeat sees the request)."""
         now = self.clock.now()
         job = await self.store.modify(job_id, lambda j: models.request_cancel(j, now=now))
         if job.state is JobState.RUNNING:
-            scope = self._running.get(job_id)
-            if scope is not None:
-                scope.cancel()
-            else:
-                self._cancel_soon.add(job_id)
+            if job.lease_owner == self.owner and job.id in self._held:
+                self._cancel_local(job.id)
         else:
             self.observer.job_event("cancelled", job.task)
             self._notify_finished(job_id)
         return job
+
+    def _cancel_local(self, job_id: str) -> None:
+        scopes = [scope for (held_id, _token), scope in self._running.items() if held_id == job_id]
+        for scope in scopes:
+            scope.cancel()
+        if not scopes:  # claimed, not started yet (or its outcome is being written)
+            self._cancel_soon.add(job_id)
 
     async def ready(self) -> tuple[bool, str]:
         if self.draining:
@@ -303,12 +331,22 @@ class JobService:
         if self._workers_scope is not None:
             self._workers_scope.cancel()
 
+    @property
+    def grace_deadline(self) -> float:
+        """When (trio time) running jobs are cancelled; inf before shutdown."""
+        return self._grace_deadline
+
     # -- running -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Recover, then run workers, dispatcher and maintenance until shutdown has drained."""
+        """Recover, then run workers, dispatcher and maintenance until shutdown has drained.
+
+        If shutdown is requested while recovery still waits for the store, it returns at
+        once (``stopped`` is set; ``draining`` tells why)."""
         try:
-            await self._recover()
+            if not await self._recover():
+                task_status.started()
+                return
             # Maintenance (lease heartbeats) outlives the workers: leases stay valid while
             # the workers drain.
             async with trio.open_nursery() as background:
@@ -335,25 +373,38 @@ class JobService:
             self.stopped.set()
         log.info("all workers stopped")
 
-    async def _recover(self) -> None:
+    async def _recover(self) -> bool:
+        """Take back jobs a crashed process left running. False if shut down meanwhile."""
         now = self.clock.now()
         rescued = await self._store_retry(
-            lambda: self.store.rescue(now=now, max_rescues=self.settings.max_rescues, expired_only=not self.store.exclusive)
+            lambda: self.store.rescue(now=now, max_rescues=self.settings.max_rescues, expired_only=not self.store.exclusive),
+            give_up_on_shutdown=True,
         )
+        if rescued is None:
+            return False
         for job in rescued:
             self.observer.job_event("rescued" if job.state is JobState.PENDING else "dead", job.task)
         if rescued:
             log.info("recovered %d job(s) left running by a previous process", len(rescued))
+        return True
 
-    async def _store_retry(self, call: Any) -> Any:
+    async def _store_retry(self, call: Any, *, give_up_on_shutdown: bool = False) -> Any:
+        """``await call()``, retried with backoff while the store is unavailable. With
+        ``give_up_on_shutdown``, returns None once shutdown is requested."""
         delay = STORE_RETRY_MIN
         while True:
             try:
                 return await call()
             except StoreUnavailable as exc:
                 log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+            if give_up_on_shutdown:
+                with trio.move_on_after(delay):
+                    await self.shutdown_requested.wait()
+                if self.draining:
+                    return None
+            else:
                 await trio.sleep(delay)
-                delay = min(delay * 2, STORE_RETRY_MAX)
+            delay = min(delay * 2, STORE_RETRY_MAX)
 
     def _capacity(self) -> int:
         if self.draining:
@@ -387,8 +438,8 @@ class JobService:
             return poll  # a worker that frees up wakes us
         now = self.clock.now()
         # Reserve the capacity while claiming (the accept path may hand off meanwhile), and
-        # shield the claim: once the store has claimed jobs, they must reach the channel
-        # (or be released), never be dropped by a cancellation.
+        # shield the claim: once the store has claimed jobs, they must reach a worker or be
+        # released, never be dropped by a cancellation.
         self._inflight += capacity
         jobs: list[Job] = []
         try:
@@ -397,8 +448,16 @@ class JobService:
         finally:
             self._inflight -= capacity - len(jobs)
         for job in jobs:
+            self._held[job.id] = job.lease_token
             self._queued[job.id] = job
-            self._send.send_nowait(job)  # inflight <= workers == buffer size: never blocks
+        for job in jobs:
+            try:
+                self._send.send_nowait(job)  # inflight <= workers == buffer size: never blocks
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+                # The workers are gone (shutdown): hand it back now.
+                self._inflight -= 1
+                self._queued.pop(job.id, None)
+                await self._release(job)
         if len(jobs) == capacity:
             self._backlog = True
             return poll
@@ -422,14 +481,9 @@ class JobService:
         last_prune = -math.inf
         while True:
             await trio.sleep(self.settings.heartbeat)
-            now = self.clock.now()
             try:
-                for job_id in await self.store.heartbeat(owner=self.owner, now=now, lease=self.settings.lease):
-                    scope = self._running.get(job_id)
-                    if scope is not None:
-                        scope.cancel()
-                    else:
-                        self._cancel_soon.add(job_id)
+                await self._heartbeat()
+                now = self.clock.now()
                 rescued = await self.store.rescue(now=now, max_rescues=self.settings.max_rescues)
                 for job in rescued:
                     log.warning("rescued job %s (%s): its owner's lease expired", job.id, job.state.value)
@@ -446,6 +500,23 @@ class JobService:
                 log.warning("maintenance: store unavailable (%s)", exc)
             except Exception:  # noqa: BLE001 - never wedge: try again at the next heartbeat
                 log.exception("maintenance: unexpected error")
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the jobs this process holds; act on cancel requests; stop
+        handlers whose lease was lost (rescued elsewhere: their outcome would be fenced)."""
+        held = dict(self._held)
+        if not held:
+            return
+        renewed = await self.store.heartbeat(owner=self.owner, now=self.clock.now(), lease=self.settings.lease, job_ids=held)
+        for job_id, token in held.items():
+            if job_id not in renewed:
+                if self._held.get(job_id) == token:
+                    log.warning("job %s lost its lease (rescued); stopping its handler here", job_id)
+                    scope = self._running.get((job_id, token))
+                    if scope is not None:
+                        scope.cancel()
+            elif renewed[job_id]:
+                self._cancel_local(job_id)
 
     async def _worker(self, receive: trio.MemoryReceiveChannel[Job]) -> None:
         async with receive:
@@ -467,6 +538,7 @@ class JobService:
                         if claimed is None:
                             continue
                         job = claimed
+                        self._held[job.id] = job.lease_token
                     await self._execute(job)
                 finally:
                     self._inflight -= 1
@@ -475,7 +547,10 @@ class JobService:
 
     async def _execute(self, job: Job) -> None:
         spec = self.registry.get(job.task)
-        assert spec is not None, "claims are filtered by the registered tasks"
+        if spec is None:  # claims are filtered by task; a redriven job of an unknown task is not
+            log.warning("job %s: task %r is not registered here; handing it back", job.id, job.task)
+            await self._release(job)
+            return
         timeout = job.timeout or spec.timeout or self.settings.timeout
         ctx = JobContext(
             job_id=job.id,
@@ -485,8 +560,9 @@ class JobService:
             lease_token=job.lease_token,
             log=logging.LoggerAdapter(job_log, {"job_id": job.id, "task": job.task, "attempt": job.attempts}),
         )
+        key = (job.id, job.lease_token)
         scope = trio.CancelScope()
-        self._running[job.id] = scope
+        self._running[key] = scope
         if job.cancel_requested or job.id in self._cancel_soon:
             self._cancel_soon.discard(job.id)
             scope.cancel()
@@ -499,28 +575,29 @@ class JobService:
                         payload = job.payload if spec.payload is None else codec.structure(job.payload, spec.payload, path="$.payload")
                         result = await spec(payload, ctx)
                         codec.check_json_result(result)
-                    except PermanentError as exc:
-                        outcome = _Outcome("failed", error_type=type(exc).__name__, message=str(exc), permanent=True)
                     except Exception as exc:  # noqa: BLE001 - the job failed; any error type
-                        outcome = _Outcome("failed", error_type=type(exc).__name__, message=str(exc) or repr(exc))
-                        ctx.log.info("job %s attempt %d failed: %s: %s", job.id, job.attempts, type(exc).__name__, exc)
+                        outcome = _failure(exc)
+                        ctx.log.info("job %s attempt %d failed: %s: %s", job.id, job.attempts, outcome.error_type, outcome.message)
                     else:
                         outcome = _Outcome("succeeded", result=result)
                 if deadline.cancelled_caught:
                     outcome = _Outcome("timeout", error_type="Timeout", message=f"the attempt took longer than {timeout:g}s")
             if scope.cancelled_caught:
                 outcome = _Outcome("cancelled")
-        except trio.Cancelled:
-            # Shutdown's deadline (or a forced stop): hand the job back without burning the attempt.
+        except BaseException:
+            # Shutdown's deadline or a forced stop (a bare Cancelled, or one inside an
+            # exception group from the handler's own nursery), or something worse: hand the
+            # job back without burning the attempt, then let it propagate.
             await self._release(job)
             raise
         finally:
-            del self._running[job.id]
+            self._running.pop(key, None)
         self.observer.attempt_finished(job.task, outcome.kind, trio.current_time() - started)
         await self._record(job, spec, outcome)
 
     async def _record(self, job: Job, spec: TaskSpec, outcome: _Outcome) -> None:
         now = self.clock.now()
+        retry_later = False
         if outcome.kind == "succeeded":
             new = models.succeed(job, result=outcome.result, now=now)
         elif outcome.kind == "cancelled":
@@ -531,19 +608,55 @@ class JobService:
                 attempt=job.attempts, max_attempts=job.max_attempts, backoff=spec.backoff or self.default_backoff, rng=self.rng
             )
             new = models.fail(job, error=error, now=now, delay=delay)
+            retry_later = delay is not None
+
+        fenced = False
+
+        def change(current: Job) -> Job:
+            nonlocal fenced
+            fenced = current.state is not JobState.RUNNING or current.lease_token != job.lease_token
+            if fenced:
+                return current
+            # A retry must not undo a cancel requested while the attempt was finishing.
+            if current.cancel_requested:
+                return models.cancel(current, now=now)
+            return attrs.evolve(new, cancel_requested=False)
+
+        async def write() -> Job | None:
+            if retry_later:
+                written = await self.store.modify(job.id, change)
+                return None if fenced else written
+            return new if await self.store.save(new, expected=job) else None
+
         # A finished attempt's outcome must reach the store, even while shutting down.
-        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_DEADLINE):
-            saved = await self._store_retry(lambda: self.store.save(new, expected=job))
-            if not saved:
-                log.warning("job %s: outcome %s discarded, the lease was lost (fenced)", job.id, outcome.kind)
-                self.observer.job_event("fenced", job.task)
+        saved: Job | None = None
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_DEADLINE) as scope:
+                saved = await self._store_retry(write)
+            if scope.cancelled_caught:
+                log.error("job %s: its outcome could not be written within %gs; it will be rescued", job.id, RECORD_DEADLINE)
                 return
-            self.observer.job_event(new.state.value, job.task)
-            if new.is_final:
-                self._notify_finished(job.id)
-            elif new.state is JobState.RETRYING:
-                job_log.info("job %s will retry in %.3fs", job.id, new.run_at - now)
-                self._wake.set()  # the dispatcher recomputes when to look next
+        except Exception:  # noqa: BLE001 - never crash the service over one job's outcome
+            log.exception("job %s: writing its outcome failed; it will be rescued", job.id)
+            return
+        finally:
+            self._forget(job)
+        if saved is None:
+            log.warning("job %s: outcome %s discarded, the lease was lost (fenced)", job.id, outcome.kind)
+            self.observer.job_event("fenced", job.task)
+            return
+        self.observer.job_event(saved.state.value, job.task)
+        if saved.is_final:
+            self._notify_finished(job.id)
+        elif saved.state is JobState.RETRYING:
+            job_log.info("job %s will retry in %.3fs", job.id, saved.run_at - now)
+            self._wake.set()  # the dispatcher recomputes when to look next
+
+    def _forget(self, job: Job) -> None:
+        """This process no longer holds ``job`` (recorded, released or given up)."""
+        if self._held.get(job.id) == job.lease_token:
+            del self._held[job.id]
+            self._cancel_soon.discard(job.id)
 
     async def _release(self, job: Job) -> None:
         now = self.clock.now()
@@ -559,8 +672,9 @@ class JobService:
         with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_DEADLINE):
             try:
                 new = await self.store.modify(job.id, change)
-            except (StoreUnavailable, JobNotFound) as exc:
+            except Exception as exc:  # noqa: BLE001 - the lease lapses and a rescue takes it back
                 log.warning("job %s could not be released (%s)", job.id, exc)
+        self._forget(job)
         if new is None:
             log.warning("job %s stays running until it is rescued (lease expiry or next start)", job.id)
             return

@@ -56,3 +56,23 @@ async def permanent(payload: Any, ctx: JobContext) -> None:
 async def unserializable(payload: Any, ctx: JobContext) -> object:
     """Returns something that is not JSON."""
     return object()
+
+
+@task("surrogate_result", max_attempts=1)
+async def surrogate_result(payload: Any, ctx: JobContext) -> str:
+    """Returns a str holding a lone surrogate (what os.fsdecode gives for a non-UTF-8 name)."""
+    return "caf\udce9.txt"
+
+
+@task("surrogate_error", max_attempts=1)
+async def surrogate_error(payload: Any, ctx: JobContext) -> None:
+    """Raises an error whose message holds a lone surrogate."""
+    raise FileNotFoundError("no such file: caf\udce9.txt")
+
+
+@task("nursery_hang", max_attempts=2)
+async def nursery_hang(payload: Any, ctx: JobContext) -> None:
+    """Waits forever inside its own nursery (cancellation arrives as an exception group)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep_forever)
+        nursery.start_soon(trio.sleep_forever)

@@ -100,9 +100,12 @@ class Store(abc.ABC):
         (it may raise IllegalTransition, which rolls back). Raises JobNotFound."""
 
     @abc.abstractmethod
-    async def heartbeat(self, *, owner: str, now: float, lease: float) -> list[str]:
-        """Extend the lease of every running job of ``owner`` in one statement; returns the
-        ids among them that a client asked to cancel."""
+    async def heartbeat(self, *, owner: str, now: float, lease: float, job_ids: Collection[str]) -> dict[str, bool]:
+        """Extend, in one statement, the leases of the given jobs that are still running
+        with ``owner``. Returns ``{id: cancel_requested}`` for the renewed ones: a held job
+        missing from it has lost its lease (it was rescued; someone else may run it).
+        Only the jobs a process really holds are renewed, so a job whose outcome could not
+        be written is not kept alive forever: its lease lapses and it is rescued."""
 
     @abc.abstractmethod
     async def rescue(self, *, now: float, max_rescues: int, expired_only: bool = True) -> list[Job]:

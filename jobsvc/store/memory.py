@@ -128,15 +128,15 @@ class MemoryStore(Store):
         self._jobs[job_id] = new
         return new
 
-    async def heartbeat(self, *, owner: str, now: float, lease: float) -> list[str]:
+    async def heartbeat(self, *, owner: str, now: float, lease: float, job_ids: Collection[str]) -> dict[str, bool]:
         await trio.lowlevel.checkpoint()
-        cancel = []
-        for job in list(self._jobs.values()):
-            if job.state is JobState.RUNNING and job.lease_owner == owner:
-                self._jobs[job.id] = attrs.evolve(job, lease_expires_at=now + lease)
-                if job.cancel_requested:
-                    cancel.append(job.id)
-        return cancel
+        renewed = {}
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is not None and job.state is JobState.RUNNING and job.lease_owner == owner:
+                self._jobs[job_id] = attrs.evolve(job, lease_expires_at=now + lease)
+                renewed[job_id] = job.cancel_requested
+        return renewed
 
     async def rescue(self, *, now: float, max_rescues: int, expired_only: bool = True) -> list[Job]:
         await trio.lowlevel.checkpoint()

@@ -191,7 +191,8 @@ _SQL_SAVE_FENCED = (
 )
 _SQL_HEARTBEAT = (
     "UPDATE jobs SET lease_expires_at = %(expires)s "
-    "WHERE state = 'running' AND lease_owner = %(owner)s RETURNING id, cancel_requested"
+    "WHERE state = 'running' AND lease_owner = %(owner)s AND id = ANY(%(ids)s) "
+    "RETURNING id, cancel_requested"
 )
 _SQL_EXPIRED = (
     f"SELECT {_COLS} FROM jobs WHERE state = 'running' AND lease_expires_at <= %(now)s "  # noqa: S608 - constant identifiers only
@@ -655,11 +656,14 @@ class PostgresStore(Store):
 
         return await self._run(tx)
 
-    async def heartbeat(self, *, owner: str, now: float, lease: float) -> list[str]:
-        params = {"owner": owner, "expires": now + lease}
+    async def heartbeat(self, *, owner: str, now: float, lease: float, job_ids: Collection[str]) -> dict[str, bool]:
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        params = {"owner": owner, "expires": now + lease, "ids": ids}
 
-        def tx(conn: psycopg.Connection[Any]) -> list[str]:
-            return [job_id for job_id, cancel in conn.execute(_SQL_HEARTBEAT, params) if cancel]
+        def tx(conn: psycopg.Connection[Any]) -> dict[str, bool]:
+            return {job_id: bool(cancel) for job_id, cancel in conn.execute(_SQL_HEARTBEAT, params)}
 
         return await self._run(tx)
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -321,14 +322,18 @@ class SQLiteStore(Store):
 
         return await self._write(run)
 
-    async def heartbeat(self, *, owner: str, now: float, lease: float) -> list[str]:
-        def run(conn: sqlite3.Connection) -> list[str]:
+    async def heartbeat(self, *, owner: str, now: float, lease: float, job_ids: Collection[str]) -> dict[str, bool]:
+        ids = list(job_ids)
+        if not ids:
+            return {}
+
+        def run(conn: sqlite3.Connection) -> dict[str, bool]:
             rows = conn.execute(
                 "UPDATE jobs SET lease_expires_at = ? WHERE state = 'running' AND lease_owner = ? "
-                "RETURNING id, cancel_requested",
-                (now + lease, owner),
+                "AND id IN (SELECT value FROM json_each(?)) RETURNING id, cancel_requested",
+                (now + lease, owner, json.dumps(ids)),
             ).fetchall()
-            return [job_id for job_id, cancel in rows if cancel]
+            return {job_id: bool(cancel) for job_id, cancel in rows}
 
         return await self._write(run)
 

@@ -16,7 +16,7 @@ import trio.testing
 from jobsvc import models
 from jobsvc.codec import JobRequest
 from jobsvc.errors import ServiceUnavailable, StoreUnavailable, TooManyPending
-from jobsvc.models import Job, JobState
+from jobsvc.models import ErrorRecord, Job, JobState
 from jobsvc.service import JobService
 from jobsvc.store import MemoryStore
 
@@ -332,3 +332,164 @@ async def test_never_more_running_jobs_than_workers(start_service: Any, autojump
             break
         await trio.sleep(0.25)
     assert most == 3
+
+
+# -- regressions from the review of the worker/shutdown paths --------------------------
+
+
+async def test_a_result_that_cannot_be_stored_fails_the_attempt(start_service: Any, tmp_path: Any) -> None:
+    """A result with a lone surrogate fails its attempt (UnicodeEncodeError) instead of
+    crashing the service at write time; an error message with one is stored escaped.
+    (SQLite, real clock: the store's encoder is the one that matters.)"""
+    from jobsvc.store import open_store
+
+    async with open_store(f"sqlite:///{tmp_path / 'j.db'}") as store:
+        service = await start_service(store=store)
+        with trio.fail_after(10):
+            bad_result = await service.wait((await submit(service, "surrogate_result")).id, 10)
+            bad_error = await service.wait((await submit(service, "surrogate_error")).id, 10)
+            fine = await service.wait((await submit(service, "echo", "still alive")).id, 10)
+        assert (bad_result.state, bad_result.errors[0].type) == (JobState.DEAD, "UnicodeEncodeError")
+        assert (bad_error.state, bad_error.errors[0].message) == (JobState.DEAD, "no such file: caf\\udce9.txt")
+        assert (fine.state, fine.result) == (JobState.SUCCEEDED, "still alive")
+        service.force_stop()
+
+
+async def test_redrive_of_a_task_not_registered_here_does_not_run_it(service: JobService, autojump_clock: Any) -> None:
+    """A dead job whose task this instance does not know is redriven to pending but never
+    handed to a local worker (and nothing crashes)."""
+    ghost = models.fail(
+        models.claim(Job(id="g", task="ghost", payload=None, max_attempts=1, run_at=EPOCH, created_at=EPOCH, updated_at=EPOCH), owner="x", now=EPOCH, lease=5),
+        error=ErrorRecord.make(attempt=1, at=EPOCH, type="E", message="m"),
+        now=EPOCH,
+        delay=None,
+    )
+    await service.store.insert([ghost])
+    assert (await service.retry("g")).state is JobState.PENDING
+    await trio.sleep(10)
+    stored = await service.store.get("g")
+    assert stored is not None and (stored.state, stored.attempts) == (JobState.PENDING, 0)
+    assert (await service.wait((await submit(service, "echo", 1)).id, 10)).state is JobState.SUCCEEDED
+
+
+async def test_handler_with_a_nursery_is_released_at_the_deadline(service: JobService, autojump_clock: Any) -> None:
+    """Cancellation that reaches the worker inside an exception group (the handler's own
+    nursery) still releases the job: nothing is left running."""
+    job = await submit(service, "nursery_hang")
+    await trio.sleep(1)
+    service.begin_shutdown()
+    await service.stopped.wait()
+    assert trio.current_time() == 6.0
+    stored = await service.store.get(job.id)
+    assert stored is not None and (stored.state, stored.attempts, stored.lease_owner) == (JobState.PENDING, 0, None)
+
+
+@attrs.define
+class OutageStore(MemoryStore):
+    """save and modify fail with StoreUnavailable until trio time ``until``."""
+
+    until: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        MemoryStore.__init__(self)
+
+    async def save(self, new: Job, *, expected: Job) -> bool:
+        if trio.current_time() < self.until:
+            raise StoreUnavailable("disk I/O error")
+        return await super().save(new, expected=expected)
+
+
+async def test_an_outcome_that_cannot_be_written_is_not_kept_alive(start_service: Any, autojump_clock: Any) -> None:
+    """If an outcome cannot be written within RECORD_DEADLINE (30 s), the job is no longer
+    heartbeated: its lease lapses, it is rescued and runs again once the store is back."""
+    store = OutageStore(until=40.0)
+    service = await start_service(store=store)
+    job = await submit(service, "echo", "x")
+    done = await service.wait(job.id, 200)
+    assert (done.state, done.result) == (JobState.SUCCEEDED, "x")
+    # Outcome given up at t=30; the lease (renewed last at t=29, or at t=30 when that tick
+    # runs first) lapses 5 s later, when the sweep rescues the job and it runs again; that
+    # outcome is written once the store is back.
+    assert (done.rescues, done.lease_token) == (1, 2)
+    assert done.finished_at in (EPOCH + 34, EPOCH + 35)
+    assert trio.current_time() >= 40
+
+
+async def test_a_lost_lease_stops_the_local_handler(start_service: Any, autojump_clock: Any) -> None:
+    """When another instance rescues a job this one still runs (our heartbeats failed), the
+    next heartbeat sees it and cancels the local handler; its outcome is fenced; the job
+    then runs again under a new token, and nothing crashes."""
+    store = SharedStore()
+    service = await start_service(store=store)
+    job = await submit(service, "nap", {"seconds": 3})
+    await trio.sleep(0.5)
+    # Another instance's sweep takes the job back (as if our lease had expired).
+    await store.modify(job.id, lambda j: models.rescue(j, now=EPOCH + 0.5, max_rescues=3))
+    done = await service.wait(job.id, 100)
+    assert (done.state, done.lease_token, done.rescues) == (JobState.SUCCEEDED, 2, 1)
+    assert done.finished_at == EPOCH + 4.0  # re-claimed at t=1 (heartbeat -> wake), 3 s nap
+
+
+@attrs.define
+class CancelDuringWrite(MemoryStore):
+    """A client's cancel lands just before the worker's outcome write (the first modify)."""
+
+    armed: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        MemoryStore.__init__(self)
+
+    async def modify(self, job_id: str, change: Any) -> Job:
+        if self.armed:
+            self.armed = False
+            await super().modify(job_id, lambda j: models.request_cancel(j, now=j.updated_at))
+        return await super().modify(job_id, change)
+
+
+async def test_a_cancel_during_the_outcome_write_is_not_lost(start_service: Any, autojump_clock: Any) -> None:
+    """A failed attempt that would retry becomes cancelled if a cancel arrived meanwhile."""
+    service = await start_service(store=CancelDuringWrite())
+    job = await submit(service, "flaky", {"fail_times": 5})
+    done = await service.wait(job.id, 100)
+    assert (done.state, done.attempts) == (JobState.CANCELLED, 1)
+    await trio.sleep(30)
+    assert (await service.store.get(job.id)).attempts == 1  # type: ignore[union-attr]
+
+
+async def test_cancelling_another_instances_job_leaves_nothing_behind(start_service: Any, autojump_clock: Any) -> None:
+    """A cancel request for a job another instance runs is left to that instance; when the
+    job is later redriven and runs here, it is not cancelled by a stale local request."""
+    store = SharedStore()
+    await store.insert([orphan("remote", lease_expires_at=EPOCH + 1000)])
+    service = await start_service(store=store)
+    flagged = await service.cancel("remote")
+    assert flagged.state is JobState.RUNNING and flagged.cancel_requested
+    # The other instance honours it.
+    await store.modify("remote", lambda j: models.cancel(j, now=EPOCH + 1))
+    await service.retry("remote")
+    done = await service.wait("remote", 100)
+    assert (done.state, done.result) == (JobState.SUCCEEDED, "x")
+
+
+class DownStore(MemoryStore):
+    async def rescue(self, **kwargs: Any) -> list[Job]:
+        raise StoreUnavailable("connection refused")
+
+
+async def test_shutdown_while_recovery_waits_for_the_store(nursery: trio.Nursery, registry: Any, settings: Any, clock: Any, autojump_clock: Any) -> None:
+    """A service that starts while the store is down still stops on the first signal."""
+    service = JobService(store=DownStore(), registry=registry, settings=settings, clock=clock)
+    nursery.start_soon(service.run)
+    await trio.sleep(3)
+    service.begin_shutdown()
+    with trio.fail_after(60):  # a regression fails here instead of hanging
+        await service.stopped.wait()
+    assert trio.current_time() == 3.0
+
+
+async def test_long_polls_leave_no_state_behind(service: JobService, autojump_clock: Any) -> None:
+    """A long poll that times out removes its wake-up event."""
+    job = await submit(service, "echo", 1, delay=60)
+    assert (await service.wait(job.id, 2)).state is JobState.PENDING
+    assert trio.current_time() == 2.0
+    assert service._finished == {} and service._waiters == {}

@@ -224,10 +224,23 @@ async def test_cancel_request_on_running_job_is_seen_by_heartbeat(store: Store) 
     await store.claim("h3", owner="other", now=NOW, lease=10)
     flagged = await store.modify("h2", lambda j: models.request_cancel(j, now=NOW + 1))
     assert flagged.state is JobState.RUNNING and flagged.cancel_requested
-    assert await store.heartbeat(owner="me", now=NOW + 5, lease=10) == ["h2"]
+    renewed = await store.heartbeat(owner="me", now=NOW + 5, lease=10, job_ids=["h1", "h2", "h3", "gone"])
+    assert renewed == {"h1": False, "h2": True}
     h1, h3 = await store.get("h1"), await store.get("h3")
     assert h1 is not None and h1.lease_expires_at == NOW + 15
     assert h3 is not None and h3.lease_expires_at == NOW + 10
+    assert await store.heartbeat(owner="me", now=NOW + 6, lease=10, job_ids=[]) == {}
+
+
+async def test_heartbeat_renews_only_the_jobs_named(store: Store) -> None:
+    """A running job of the owner that the process no longer holds is not renewed: its lease
+    lapses and it can be rescued."""
+    await store.insert([new_job("held"), new_job("forgotten")])
+    await store.claim("held", owner="me", now=NOW, lease=10)
+    await store.claim("forgotten", owner="me", now=NOW, lease=10)
+    assert await store.heartbeat(owner="me", now=NOW + 8, lease=10, job_ids=["held"]) == {"held": False}
+    rescued = await store.rescue(now=NOW + 11, max_rescues=3)
+    assert [j.id for j in rescued] == ["forgotten"]
 
 
 async def test_rescue_takes_back_only_expired_leases(store: Store) -> None:

@@ -282,7 +282,7 @@ async def test_heartbeat_extends_own_leases_and_reports_cancel_requests(store: P
     a, b = await store.claim_due(owner="w1", now=NOW, lease=LEASE, limit=2)
     (c,) = await store.claim_due(owner="w2", now=NOW, lease=LEASE, limit=1)
     await store.modify(b.id, lambda j: models.request_cancel(j, now=NOW + 1))
-    assert await store.heartbeat(owner="w1", now=NOW + 10, lease=LEASE) == [b.id]
+    assert await store.heartbeat(owner="w1", now=NOW + 10, lease=LEASE, job_ids=[a.id, b.id, c.id]) == {a.id: False, b.id: True}
     assert (await store.get(a.id)).lease_expires_at == NOW + 10 + LEASE  # type: ignore[union-attr]
     assert (await store.get(c.id)).lease_expires_at == NOW + LEASE  # type: ignore[union-attr]
     assert await store.rescue(now=NOW + LEASE + 1, max_rescues=3) == [
