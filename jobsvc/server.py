@@ -118,7 +118,8 @@ async def run_service(
                 on_listening(binds)
             task_status.started(Running(service, binds))
             await service.stopped.wait()
-            with trio.move_on_after(1.0):  # HTTP drains within the same grace; never wait past it
+            # hypercorn drains in-flight requests within the same grace; never wait past it.
+            with trio.move_on_at(max(service.grace_deadline, trio.current_time()) + 1.0):
                 await http_done.wait()
             nursery.cancel_scope.cancel()
     log.info("jobsvc stopped")

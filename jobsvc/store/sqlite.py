@@ -172,26 +172,28 @@ class SQLiteStore(Store):
             for op in batch:
                 op.error = _unavailable(exc)
             return
-        for op in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                op.result = op.fn(conn)
-            except sqlite3.OperationalError as exc:
-                op.error = _unavailable(exc)
-                conn.execute("ROLLBACK TO op")
-            except Exception as exc:  # noqa: BLE001 - handed to the caller
-                op.error = exc
-                conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
         try:
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result = op.fn(conn)
+                except sqlite3.OperationalError as exc:
+                    op.error = _unavailable(exc)
+                    conn.execute("ROLLBACK TO op")
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    op.error = exc
+                    conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            # SQLite may have rolled the whole transaction back itself (disk full, I/O
+            # error): then nothing of this batch is committed, whatever each op returned.
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:  # pragma: no cover - nothing left to undo
                 pass
             for op in batch:
-                op.error = op.error or _unavailable(exc)
+                op.error = _unavailable(exc)
             return
         self.commits += 1
         self.operations += len(batch)
