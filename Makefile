@@ -14,7 +14,7 @@ help:
 	@echo "make run    start jobsvc on http://$(BIND) (SQLite $(DB), demo tasks)"
 	@echo "make test   create/update the virtualenv and run the whole suite with coverage"
 	@echo "make lint   ruff and mypy --strict"
-	@echo "make bench  run the benchmarks and rewrite bench/RESULTS*.md"
+	@echo "make bench  run the benchmarks: bench/RESULTS.md, bench/results-postgres.json"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP) pg
 	$(BIN)/python bench/run.py
-	$(BIN)/python bench/bench_pg.py --out bench/RESULTS-postgres.md
+	$(BIN)/python bench/bench_pg.py --json bench/results-postgres.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check jobsvc tests bench

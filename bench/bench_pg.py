@@ -6,7 +6,7 @@ fresh database (created, migrated through jobsvc's migration code, dropped after
 server named by ``PG_BENCH_URL`` (default ``postgresql://root@127.0.0.1:5432/postgres``).
 
     python bench/bench_pg.py                          # JSON on stdout
-    python bench/bench_pg.py --out bench/RESULTS-postgres.md
+    python bench/bench_pg.py --json bench/results-postgres.json   # also the raw numbers (make bench)
 
 Sections:
 
