@@ -99,6 +99,9 @@ async def run_service(
             if handle_signals:
                 await nursery.start(_watch_signals, service)
             await nursery.start(service.run)
+            if service.draining:  # shut down while recovery waited for the store
+                nursery.cancel_scope.cancel()
+                return
             http_done = trio.Event()
 
             async def serve_http(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:

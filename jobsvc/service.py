@@ -364,12 +364,13 @@ class JobService:
                         await self._stop_intake.wait()
                         intake.cancel_scope.cancel()
                     await self._send.aclose()  # workers release what is buffered, then exit
-                # Workers cancelled at the deadline leave claimed jobs in the channel: release them.
-                for job in list(self._queued.values()):
-                    await self._release(job)
-                self._queued.clear()
                 background.cancel_scope.cancel()
         finally:
+            # Workers cancelled at the deadline (or run() cancelled from outside) leave
+            # claimed jobs in the channel: release them (each release is shielded).
+            for job in list(self._queued.values()):
+                await self._release(job)
+            self._queued.clear()
             self.stopped.set()
         log.info("all workers stopped")
 
@@ -509,12 +510,15 @@ class JobService:
             return
         renewed = await self.store.heartbeat(owner=self.owner, now=self.clock.now(), lease=self.settings.lease, job_ids=held)
         for job_id, token in held.items():
+            if self._held.get(job_id) != token:
+                continue  # recorded or released while the heartbeat was on its way
             if job_id not in renewed:
-                if self._held.get(job_id) == token:
-                    log.warning("job %s lost its lease (rescued); stopping its handler here", job_id)
-                    scope = self._running.get((job_id, token))
-                    if scope is not None:
-                        scope.cancel()
+                log.warning("job %s lost its lease (rescued); stopping its handler here", job_id)
+                del self._held[job_id]  # a worker that has not started it yet skips it
+                self._cancel_soon.discard(job_id)
+                scope = self._running.get((job_id, token))
+                if scope is not None:
+                    scope.cancel()
             elif renewed[job_id]:
                 self._cancel_local(job_id)
 
@@ -524,6 +528,8 @@ class JobService:
                 if job.state is JobState.RUNNING:
                     self._queued.pop(job.id, None)
                 try:
+                    if job.state is JobState.RUNNING and self._held.get(job.id) != job.lease_token:
+                        continue  # its lease was lost while it waited in the channel
                     if self.draining:
                         if job.state is JobState.RUNNING:
                             await self._release(job)
@@ -568,6 +574,7 @@ class JobService:
             scope.cancel()
         started = trio.current_time()
         outcome = _Outcome("failed", error_type="Interrupted", message="the attempt did not finish")
+        deadline: trio.CancelScope | None = None
         try:
             with scope:
                 with trio.move_on_after(timeout) as deadline:
@@ -584,6 +591,15 @@ class JobService:
                     outcome = _Outcome("timeout", error_type="Timeout", message=f"the attempt took longer than {timeout:g}s")
             if scope.cancelled_caught:
                 outcome = _Outcome("cancelled")
+        except Exception as exc:  # noqa: BLE001 - see below
+            # The handler's own nursery raised a group holding our Cancelled and an error;
+            # our scope took its Cancelled back and the error is left: the attempt ended.
+            if scope.cancel_called:
+                outcome = _Outcome("cancelled")
+            elif deadline is not None and deadline.cancel_called:
+                outcome = _Outcome("timeout", error_type="Timeout", message=f"the attempt took longer than {timeout:g}s")
+            else:  # pragma: no cover - an Exception escaping the inner except is always a group
+                outcome = _failure(exc)
         except BaseException:
             # Shutdown's deadline or a forced stop (a bare Cancelled, or one inside an
             # exception group from the handler's own nursery), or something worse: hand the
@@ -619,7 +635,7 @@ class JobService:
                 return current
             # A retry must not undo a cancel requested while the attempt was finishing.
             if current.cancel_requested:
-                return models.cancel(current, now=now)
+                return models.cancel(attrs.evolve(current, errors=new.errors), now=now)
             return attrs.evolve(new, cancel_requested=False)
 
         async def write() -> Job | None:

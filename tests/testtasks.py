@@ -76,3 +76,37 @@ async def nursery_hang(payload: Any, ctx: JobContext) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.sleep_forever)
         nursery.start_soon(trio.sleep_forever)
+
+
+class CleanupFailed(Exception):
+    pass
+
+
+async def _fails_on_cancel() -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        raise CleanupFailed("cleanup failed while being cancelled")
+
+
+@task("messy_nursery", timeout=2, max_attempts=1)
+async def messy_nursery(payload: Any, ctx: JobContext) -> None:
+    """A nursery whose child raises while being cancelled: the group holds our Cancelled
+    and an ordinary error."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep_forever)
+        nursery.start_soon(_fails_on_cancel)
+
+
+_first_runs: set[str] = set()
+
+
+@task("slow_first_failure")
+async def slow_first_failure(payload: Any, ctx: JobContext) -> str:
+    """The first run of a job id fails permanently after 1.2 s; later runs succeed after 0.1 s."""
+    if ctx.job_id not in _first_runs:
+        _first_runs.add(ctx.job_id)
+        await trio.sleep(1.2)
+        raise PermanentError("the first run fails")
+    await trio.sleep(0.1)
+    return "ok"

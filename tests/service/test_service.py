@@ -493,3 +493,47 @@ async def test_long_polls_leave_no_state_behind(service: JobService, autojump_cl
     assert (await service.wait(job.id, 2)).state is JobState.PENDING
     assert trio.current_time() == 2.0
     assert service._finished == {} and service._waiters == {}
+
+
+async def test_a_handler_error_raised_during_its_timeout_is_a_failed_attempt(service: JobService, autojump_clock: Any) -> None:
+    """A handler whose nursery raises an error while being timed out ends the attempt as a
+    Timeout (the service survives), not as a crash or a silent release."""
+    job = await submit(service, "messy_nursery")
+    done = await service.wait(job.id, 100)
+    assert (done.state, done.attempts, done.errors[0].type, done.finished_at) == (JobState.DEAD, 1, "Timeout", EPOCH + 2)
+    assert (await service.wait((await submit(service, "echo", 1)).id, 10)).state is JobState.SUCCEEDED
+
+
+async def test_a_handler_error_raised_during_a_cancel_is_a_cancel(service: JobService, autojump_clock: Any) -> None:
+    """The same handler cancelled by a client ends cancelled, and the service survives."""
+    job = await submit(service, "messy_nursery")
+    await trio.sleep(1)
+    await service.cancel(job.id)
+    done = await service.wait(job.id, 100)
+    assert (done.state, done.finished_at) == (JobState.CANCELLED, EPOCH + 1)
+    assert (await service.wait((await submit(service, "echo", 1)).id, 10)).state is JobState.SUCCEEDED
+
+
+class SlowHeartbeat(MemoryStore):
+    """The heartbeat's answer arrives 0.5 s after the store renewed (a thread hop or a
+    network round trip)."""
+
+    async def heartbeat(self, **kwargs: Any) -> dict[str, bool]:
+        renewed = await super().heartbeat(**kwargs)
+        await trio.sleep(0.5)
+        return renewed
+
+
+async def test_a_late_heartbeat_answer_leaves_no_stale_cancel(start_service: Any, autojump_clock: Any) -> None:
+    """A cancel request reported by a heartbeat whose answer arrives after the attempt
+    ended does not cancel the job's next run here."""
+    service = await start_service(store=SlowHeartbeat())
+    job = await submit(service, "slow_first_failure")
+    await trio.sleep(0.95)
+    await service.store.modify(job.id, lambda j: models.request_cancel(j, now=j.updated_at))  # via another instance
+    first = await service.wait(job.id, 100)
+    assert first.state is JobState.DEAD
+    await trio.sleep(1)
+    await service.retry(job.id)
+    done = await service.wait(job.id, 100)
+    assert (done.state, done.result) == (JobState.SUCCEEDED, "ok")
