@@ -15,8 +15,6 @@ is httpx on trio with bounded concurrency; every loop is bounded in count and ti
 from __future__ import annotations
 
 import os
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ import httpx
 import psycopg
 import pytest
 import trio
+from jobsvc_processes import Server, clean_env
 from pg_cluster_tasks import Execution, read_executions
 
 pytestmark = [
@@ -43,52 +42,11 @@ pytestmark = [
     ),
 ]
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
 FINAL = ("succeeded", "dead", "cancelled")
 STARTUP_DEADLINE = 30.0
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-@attrs.define
-class Instance:
-    proc: subprocess.Popen[bytes]
-    stderr_path: Path
-    url: str = ""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace") if self.stderr_path.exists() else ""
-
-    def wait_listening(self) -> str:
-        """Read stdout until ``listening on URL``, bounded by STARTUP_DEADLINE."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        buffer = b""
-        deadline = time.monotonic() + STARTUP_DEADLINE
-        while b"\n" not in buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"jobsvc did not print 'listening on' in {STARTUP_DEADLINE:g}s; stderr:\n{self.log()}")
-            if select.select([fd], [], [], remaining)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    self.proc.wait(timeout=5)
-                    pytest.fail(f"jobsvc exited ({self.proc.returncode}) before listening; stderr:\n{self.log()}")
-                buffer += chunk
-        line = buffer.split(b"\n", 1)[0].decode()
-        assert line.startswith("listening on http://127.0.0.1:"), line
-        self.url = line.removeprefix("listening on ").strip()
-        return self.url
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
 
 
 class Cluster:
@@ -97,16 +55,13 @@ class Cluster:
     def __init__(self, pg_url: str, tmp_path: Path) -> None:
         self.pg_url = pg_url
         self.tmp_path = tmp_path
-        self.instances: list[Instance] = []
+        self.instances: list[Server] = []
         self.ledger = tmp_path / "ledger.txt"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSVC_")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
-        env["PG_CLUSTER_DB"] = self.pg_url
-        return env
+        return clean_env(PG_CLUSTER_DB=self.pg_url)
 
-    def start(self, n: int, *flags: str) -> list[Instance]:
+    def start(self, n: int, *flags: str) -> list[Server]:
         started = []
         for _ in range(n):
             argv = [
@@ -116,18 +71,16 @@ class Cluster:
             stderr_path = self.tmp_path / f"instance-{len(self.instances)}.stderr"
             with open(stderr_path, "wb") as stderr:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=self.env(), cwd=self.tmp_path)
-            instance = Instance(proc, stderr_path)
+            instance = Server(proc, stderr_path, argv)
             self.instances.append(instance)
             started.append(instance)
         for instance in started:
-            instance.wait_listening()
+            instance.wait_listening(STARTUP_DEADLINE)
         return started
 
     def close(self) -> None:
         for i, instance in enumerate(self.instances):
-            instance.kill()
-            if instance.proc.stdout is not None:
-                instance.proc.stdout.close()
+            instance.stop()
             print(f"--- instance {i} (pid {instance.pid}, exit {instance.proc.returncode})")
             print(instance.log()[-6000:])
 
@@ -305,7 +258,7 @@ async def test_kill_9_of_one_instance_loses_nothing_and_its_jobs_are_rescued(clu
                 await trio.sleep(0.02)
         owned = "SELECT count(*) FROM jobs WHERE state = 'running' AND split_part(lease_owner, ':', 2) = %s"
         killed_at = time.time()
-        victim.kill()  # SIGKILL by PID, reaped
+        victim.stop()  # SIGKILL by PID, reaped
         [(held,)] = db(cluster.pg_url, owned, (str(victim.pid),))
         held_at_kill.append(held)
         with trio.fail_after(30):  # poll (bounded) until the survivors took all of them back
