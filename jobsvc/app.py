@@ -271,6 +271,24 @@ async def metrics(request: Request) -> Response:
     return Response(observer.render(counts), media_type=CONTENT_TYPE, headers=_HEADERS)
 
 
+async def stats(request: Request) -> Response:
+    """Counts by state (and by task and state), the age of the oldest due job, and this
+    instance's workers: what ``jobsvc stats`` shows."""
+    service = _service(request)
+    counts = await service.store.count_by_state()
+    next_at = await service.store.next_run_at()
+    now = service.clock.now()
+    oldest = None if next_at is None or next_at > now else round(now - next_at, 3)
+    return ok(
+        {
+            "jobs": {state.value: n for state, n in counts.items()},
+            "tasks": {},
+            "oldest_due_age": oldest,
+            "instance": service.statistics(),
+        }
+    )
+
+
 async def seed_submit(request: Request) -> Response:
     body = await read_json(request)
     req = codec.structure_request(body, seed=True)
@@ -303,6 +321,7 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/stats", stats, methods=["GET"]),
         Route("/submit", seed_submit, methods=["POST"]),
         Route("/status/{job_id}", seed_status, methods=["GET"]),
     ]

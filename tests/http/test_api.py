@@ -833,3 +833,12 @@ async def test_problem_bodies_are_valid_json_with_no_store(client: httpx.AsyncCl
     r = await post_raw(client, b"{")
     assert (r.headers["cache-control"], r.headers["x-content-type-options"]) == ("no-store", "nosniff")
     assert json.loads(r.content)["status"] == 400
+
+
+async def test_stats_counts_jobs_by_state(client: httpx.AsyncClient) -> None:
+    """GET /stats: counts by state, the oldest due job's age and this instance's workers."""
+    await client.post("/jobs", json={"task": "echo", "payload": 1, "delay": 60})
+    body = (await client.get("/stats")).json()
+    assert body["jobs"]["pending"] == 1 and body["jobs"]["succeeded"] == 0
+    assert body["oldest_due_age"] is None
+    assert body["instance"]["workers"] == 2 and body["instance"]["draining"] is False
