@@ -31,7 +31,6 @@ from .errors import (
 from .metrics import CONTENT_TYPE, PrometheusObserver
 from .models import Job, JobState
 from .service import JobService
-from .tasks import payload_schema
 
 __all__ = ["create_app"]
 
@@ -102,7 +101,7 @@ def _service(request: Request) -> JobService:
 
 async def read_json(request: Request) -> Any:
     """The body as JSON, within the size limit and the body deadline."""
-    max_body: int = request.app.state.max_body
+    max_body = _service(request).max_body
     content_type = request.headers.get("content-type", "")
     if content_type and "json" not in content_type.split(";")[0].lower():
         raise UnsupportedMediaType(f"expected 'Content-Type: application/json', got {content_type!r}")
@@ -234,21 +233,7 @@ async def cancel_job(request: Request) -> Response:
 
 
 async def list_tasks(request: Request) -> Response:
-    service = _service(request)
-    tasks = []
-    for spec in service.registry:
-        backoff = spec.backoff or service.default_backoff
-        tasks.append(
-            {
-                "name": spec.name,
-                "description": spec.description,
-                "payload_schema": payload_schema(spec.payload),
-                "max_attempts": spec.max_attempts or service.settings.max_attempts,
-                "timeout": spec.timeout or service.settings.timeout,
-                "backoff": {"base": backoff.base, "cap": backoff.cap, "jitter": "full" if backoff.jitter else "none"},
-            }
-        )
-    return ok({"tasks": tasks})
+    return ok({"tasks": _service(request).describe_tasks()})
 
 
 async def health(request: Request) -> Response:
@@ -266,27 +251,17 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service = _service(request)
-    observer = request.app.state.observer
-    counts = await service.store.count_by_state()
-    return Response(observer.render(counts), media_type=CONTENT_TYPE, headers=_HEADERS)
+    observer = service.observer
+    if not isinstance(observer, PrometheusObserver):
+        raise HTTPException(404, "this service has no metrics")
+    counts = await service.counts()
+    return Response(observer.render(counts.by_state()), media_type=CONTENT_TYPE, headers=_HEADERS)
 
 
 async def stats(request: Request) -> Response:
-    """Counts by state (and by task and state), the age of the oldest due job, and this
-    instance's workers: what ``jobsvc stats`` shows."""
-    service = _service(request)
-    counts = await service.store.count_by_state()
-    next_at = await service.store.next_run_at()
-    now = service.clock.now()
-    oldest = None if next_at is None or next_at > now else round(now - next_at, 3)
-    return ok(
-        {
-            "jobs": {state.value: n for state, n in counts.items()},
-            "tasks": {},
-            "oldest_due_age": oldest,
-            "instance": service.statistics(),
-        }
-    )
+    """Counts by state and by task, the age of the oldest due job, and this instance's
+    workers: what ``jobsvc stats`` shows."""
+    return ok(await _service(request).stats())
 
 
 async def seed_submit(request: Request) -> Response:
@@ -302,14 +277,8 @@ async def seed_submit(request: Request) -> Response:
     )
 
 
-def create_app(
-    service: JobService | None = None,
-    *,
-    max_body: int | None = None,
-    observer: PrometheusObserver | None = None,
-    lifespan: Any = None,
-) -> Starlette:
-    """The ASGI app. ``service`` may be set later on ``app.state.service`` (jobsvc.asgi)."""
+def create_app(service: JobService) -> Starlette:
+    """The ASGI app serving ``service``."""
     routes = [
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs", list_jobs, methods=["GET"]),
@@ -331,8 +300,6 @@ def create_app(
         ClientDisconnect: client_gone,
         Exception: server_error,
     }
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.service = service
-    app.state.max_body = max_body or (service.settings.max_body if service else 256 * 1024)
-    app.state.observer = observer or (service.observer if service and isinstance(service.observer, PrometheusObserver) else PrometheusObserver())
     return app

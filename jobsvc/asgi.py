@@ -1,7 +1,9 @@
 """``hypercorn --worker-class trio jobsvc.asgi:app``: jobsvc under the hypercorn CLI.
 
 Settings come from ``JOBSVC_*`` environment variables (``JOBSVC_BIND`` is ignored: hypercorn
-binds). The store and the workers start in the ASGI lifespan and drain at its shutdown.
+binds). The service (store, workers, recorder, maintenance) is opened with
+:func:`jobsvc.service.open_service` in the ASGI lifespan, the same composition root as
+``jobsvc serve``, and drains at its shutdown.
 
 Caveats, prefer ``jobsvc serve``:
 
@@ -18,39 +20,59 @@ Caveats, prefer ``jobsvc serve``:
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from typing import Any
 
-import trio
 from starlette.applications import Starlette
+from starlette.responses import JSONResponse
 
 from .app import create_app
 from .config import Settings
+from .errors import JobsvcError
 from .metrics import PrometheusObserver
-from .service import JobService
-from .store import open_store
-from .tasks import Registry
+from .service import open_service
 
-__all__ = ["app"]
+__all__ = ["JobsvcASGI", "app"]
+
+Scope = dict[str, Any]
 
 
-@asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    settings = Settings.from_sources({}, os.environ)
-    registry = Registry.from_modules(settings.tasks)
-    observer: PrometheusObserver = app.state.observer
-    async with open_store(settings.database, migrate=settings.migrate) as store:
-        service = JobService(store=store, registry=registry, settings=settings, observer=observer)
-        app.state.service = service
-        app.state.max_body = settings.max_body
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            try:
-                yield
-            finally:
+class JobsvcASGI:
+    """An ASGI app whose lifespan opens the service and whose requests go to
+    ``create_app(service)`` once it is open."""
+
+    def __init__(self) -> None:
+        self.app: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self.app is None:  # a request before start-up completed (or after it failed)
+            response = JSONResponse({"status": "unavailable", "reason": "starting"}, status_code=503, headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup", message
+        started = False
+        try:
+            settings = Settings.from_sources({}, os.environ)
+            async with open_service(settings, observer=PrometheusObserver()) as service:
+                self.app = create_app(service)
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
                 service.begin_shutdown()
-                with trio.CancelScope(shield=True):
-                    await service.stopped.wait()
+            # leaving open_service drained the workers and closed the store
+        except JobsvcError as exc:  # a configuration or store problem: one clear line
+            phase = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{phase}.failed", "message": f"jobsvc: error: {exc}"})
+            return
+        finally:
+            self.app = None
+        await send({"type": "lifespan.shutdown.complete"})
 
 
-app = create_app(lifespan=lifespan)
+app = JobsvcASGI()

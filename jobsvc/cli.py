@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll", type=float, help=f"fallback poll for due jobs, seconds (default {d.poll:g})")
     serve.add_argument("--retention", type=float, help=f"seconds finished jobs are kept; 0 keeps them forever (default {d.retention:g})")
     serve.add_argument("--max-body", type=int, help=f"largest request body, bytes (default {d.max_body})")
+    serve.add_argument(
+        "--fsync-interval",
+        type=float,
+        help="seconds worker-side writes (claims, outcomes) may wait to reach the disk; submissions are "
+        f"always on disk before the answer; 0 syncs every commit (default {d.fsync_interval:g})",
+    )
     serve.add_argument("--migrate", action="store_const", const=True, help="apply pending PostgreSQL schema migrations at start-up")
     serve.add_argument("--log-level", help=f"debug, info, warning or error (default {d.log_level})")
 
@@ -66,9 +72,30 @@ def _listening(binds: list[str]) -> None:
         print(f"listening on {bind}", flush=True)
 
 
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-exception groups (trio's nurseries wrap)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        return _run(args, flags)
+    except BaseExceptionGroup as group:
+        exc = _single(group)
+        if isinstance(exc, ConfigError):
+            print(f"jobsvc: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, StoreUnavailable):
+            print(f"jobsvc: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _run(args: argparse.Namespace, flags: dict[str, object]) -> int:
     try:
         settings = Settings.from_sources(flags, os.environ)
         _setup_logging(settings.log_level)

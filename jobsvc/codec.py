@@ -1,8 +1,14 @@
-"""The input boundary: JSON bytes -> validated requests, jobs -> JSON. Pure: no I/O, no trio.
+"""Serialization, once: JSON bytes -> validated requests, jobs <-> store rows, jobs -> JSON.
+Pure: no I/O, no trio.
 
-One cattrs converter (``make_converter``), never cattrs' global one. Primitives are
-structured strictly: ``"3"`` is not an int, ``true`` is not an int, ``1`` is not a string.
-Validation errors become ``"<what> @ $.path"`` messages through ``cattrs.transform_error``.
+One cattrs converter (``converter``, built by ``make_converter``), never cattrs' global one.
+Primitives are structured strictly: ``"3"`` is not an int, ``true`` is not an int, ``1`` is
+not a string. Validation errors become ``"<what> @ $.path"`` messages through
+``cattrs.transform_error``.
+
+The :class:`~jobsvc.models.Job` field list is written once, in ``models``: the SQL column
+order (:data:`JOB_FIELDS`), the row functions (:func:`job_to_row`, :func:`job_from_row`)
+and the public view (:func:`job_to_json`) are all generated from it by the converter.
 """
 
 from __future__ import annotations
@@ -12,25 +18,31 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import cattrs
 import cattrs.v
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.strategies import configure_union_passthrough
 
 from .errors import BadRequest, InvalidJob
-from .models import ErrorRecord, Job
+from .models import ErrorRecord, Job, JobState
 
 __all__ = [
+    "JOB_FIELDS",
     "MAX_JSON_DEPTH",
+    "PUBLIC_FIELDS",
     "JobRequest",
     "SeedRequest",
+    "check_json_result",
     "converter",
+    "dumps",
     "fingerprint",
     "iso",
+    "job_from_row",
     "job_to_json",
+    "job_to_row",
     "make_converter",
     "parse_json",
     "structure",
@@ -303,7 +315,12 @@ def fingerprint(request: JobRequest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# -- responses -----------------------------------------------------------------------
+# -- jobs: store rows and the public view ------------------------------------------
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text, as the stores keep payloads, results and error histories."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def iso(ts: float | None) -> str | None:
@@ -312,30 +329,70 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _error_json(e: ErrorRecord) -> dict[str, Any]:
-    return {"attempt": e.attempt, "at": iso(e.at), "type": e.type, "message": e.message}
+#: Every Job field, in order: the column order of the SQL stores.
+JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(Job))
+#: Fields a client never sees: the lease (who runs it, its token and expiry), the
+#: submission's fingerprint and the store's insertion counter.
+_PRIVATE = ("fingerprint", "lease_owner", "lease_token", "lease_expires_at", "seq")
+#: The fields of the public view, in order.
+PUBLIC_FIELDS: tuple[str, ...] = tuple(name for name in JOB_FIELDS if name not in _PRIVATE)
+_TIMES = ("run_at", "created_at", "updated_at", "finished_at")
 
 
-def job_to_json(job: Job) -> dict[str, Any]:
-    """The public view of a job: an allow-list (no lease owner, no fingerprint)."""
-    return {
-        "id": job.id,
-        "task": job.task,
-        "state": job.state.value,
-        "payload": job.payload,
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "rescues": job.rescues,
-        "run_at": iso(job.run_at),
-        "created_at": iso(job.created_at),
-        "updated_at": iso(job.updated_at),
-        "finished_at": iso(job.finished_at),
-        "result": job.result,
-        "errors": [_error_json(e) for e in job.errors],
-        "idempotency_key": job.idempotency_key,
-        "cancel_requested": job.cancel_requested,
-    }
+def _load(text: Any) -> Any:
+    return json.loads(text) if isinstance(text, str | bytes) else text
+
+
+def _errors_from_text(text: Any, _type: Any) -> tuple[ErrorRecord, ...]:
+    return tuple(ErrorRecord(**record) for record in _load(text))
+
+
+def _errors_to_text(errors: tuple[ErrorRecord, ...]) -> str:
+    return dumps([attrs.asdict(record) for record in errors])
+
+
+def _public_error(record: ErrorRecord) -> dict[str, Any]:
+    return {"attempt": record.attempt, "at": iso(record.at), "type": record.type, "message": record.message}
+
+
+def _passthrough(value: Any, _type: Any) -> Any:
+    return value
+
+
+# A row's columns are trusted (the store wrote them): plain values pass through; only the
+# JSON text columns, the state and the SQLite integer boolean are converted.
+_ROW_HOOKS: dict[str, Any] = {name: override(struct_hook=_passthrough) for name in JOB_FIELDS}
+_ROW_HOOKS.update(
+    state=override(struct_hook=lambda value, _t: JobState(value)),
+    payload=override(struct_hook=lambda value, _t: _load(value)),
+    result=override(struct_hook=lambda value, _t: None if value is None else _load(value)),
+    errors=override(struct_hook=_errors_from_text),
+    cancel_requested=override(struct_hook=lambda value, _t: bool(value)),
+)
+_from_row = make_dict_structure_fn(Job, converter, _cattrs_forbid_extra_keys=False, _cattrs_detailed_validation=False, **_ROW_HOOKS)
+
+_TO_ROW: dict[str, Any] = {
+    "state": override(unstruct_hook=lambda state: state.value),
+    "payload": override(unstruct_hook=dumps),
+    "result": override(unstruct_hook=lambda value: None if value is None else dumps(value)),
+    "errors": override(unstruct_hook=_errors_to_text),
+}
+job_to_row = make_dict_unstructure_fn(Job, converter, **_TO_ROW)
+job_to_row.__doc__ = "A Job -> ``{column: value}`` as the SQL stores write it (JSON as text)."
+
+_TO_JSON: dict[str, Any] = {name: override(omit=True) for name in _PRIVATE}
+_TO_JSON.update({name: override(unstruct_hook=iso) for name in _TIMES})
+_TO_JSON.update(
+    state=override(unstruct_hook=lambda state: state.value),
+    errors=override(unstruct_hook=lambda errors: [_public_error(e) for e in errors]),
+)
+job_to_json = make_dict_unstructure_fn(Job, converter, **_TO_JSON)
+job_to_json.__doc__ = "The public view of a job: its fields but the private ones, times in ISO 8601."
+
+
+def job_from_row(row: Any) -> Job:
+    """A row (a sequence of values in :data:`JOB_FIELDS` order, or a mapping) -> Job."""
+    return _from_row(row if isinstance(row, dict) else dict(zip(JOB_FIELDS, row, strict=True)), Job)
 
 
 def check_json_result(value: Any) -> Any:
@@ -343,7 +400,3 @@ def check_json_result(value: Any) -> Any:
     ValueError (UnicodeEncodeError for lone surrogates, NaN...) otherwise."""
     json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     return value
-
-
-def format_errors(messages: Sequence[str]) -> str:
-    return "; ".join(messages)

@@ -138,6 +138,7 @@ class Settings:
     poll: float = attrs.field(default=1 * SECONDS, validator=_positive_float("poll"))
     retention: float = attrs.field(default=7 * 86400 * SECONDS, validator=_positive_float("retention", allow_zero=True))
     max_body: int = attrs.field(default=256 * KIB, validator=_positive_int("max-body"))
+    fsync_interval: float = attrs.field(default=1 * SECONDS, validator=_positive_float("fsync-interval", allow_zero=True))
     migrate: bool = False
     log_level: str = attrs.field(default="info", validator=_check_log_level)
 

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import random
 
 import attrs
 import trio
@@ -39,7 +38,7 @@ class NetworkIssue(Exception):
 async def email(payload: str, ctx: JobContext) -> dict[str, str]:
     """Simulated email: fails at random (JOBSVC_DEMO_FAILURE_RATE, default 50 %)."""
     await trio.sleep(0.05)
-    if random.random() < failure_rate():  # noqa: S311 - a simulation, not security
+    if ctx.rng(0.0, 1.0) < failure_rate():  # the service's random source: tests pin it
         raise NetworkIssue("Job processing failed. Network issues?")
     ctx.log.info("email sent: %s", payload)
     return {"sent": payload}

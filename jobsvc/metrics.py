@@ -5,9 +5,11 @@ Each service gets its own CollectorRegistry (never the global one), so tests sta
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .models import JobState
+from .models import Job, JobState, Outcome
 
 __all__ = ["CONTENT_TYPE", "PrometheusObserver"]
 
@@ -31,11 +33,11 @@ class PrometheusObserver:
         )
         self.jobs = Gauge("jobsvc_jobs", "Jobs in the store by state", ("state",), registry=self.registry)
 
-    def job_event(self, event: str, task: str) -> None:
-        self.events.labels(event=event, task=task).inc()
+    def job_event(self, event: str, job: Job, **details: Any) -> None:
+        self.events.labels(event=event, task=job.task).inc()
 
-    def attempt_finished(self, task: str, outcome: str, seconds: float) -> None:
-        self.attempts.labels(task=task, outcome=outcome).observe(seconds)
+    def attempt_finished(self, job: Job, outcome: Outcome, seconds: float) -> None:
+        self.attempts.labels(task=job.task, outcome=job.state.value).observe(seconds)
 
     def render(self, counts: dict[JobState, int]) -> bytes:
         for state, n in counts.items():

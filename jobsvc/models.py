@@ -3,15 +3,22 @@
 Theory of operation
 -------------------
 Rule 1: every move of a job from one state to another is listed in ``TRANSITIONS`` and made
-by one of the functions below (``claim``, ``succeed``, ``fail``, ...). Stores never invent a
-transition: they compute the new job with these functions and write it *fenced* on the
-old ``(id, state, lease_token)``, so a stale writer (a worker that lost its lease, a
-rescuer that read an old row) changes nothing.
+by one of the functions below (``claim``, ``conclude``, ``request_cancel``, ``rescue``,
+``redrive``...), which all go through ``_move``. Stores never invent a transition: they
+compute the new job with these functions and write it *fenced* on the old
+``(id, state, lease_token, cancel_requested)``, so a stale writer (a worker that lost its
+lease, a rescuer that read an old row) changes nothing.
 
-Rule 2: a claim increments ``lease_token``; the token is the fencing token. ``attempts``
-counts attempts that ran to an outcome (success, error, timeout). A release at shutdown
-or a rescue after a crash hands the attempt back (``attempts - 1``); rescues are counted
-in ``rescues`` instead, and a job rescued ``max_rescues`` times is dead ("worker lost").
+Rule 2: a claim increments ``lease_token``; the token is the fencing token, and an attempt
+is known by ``(job id, lease token)``. ``attempts`` counts attempts that ran to an outcome
+(success, error, timeout). A release at shutdown or a rescue after a crash hands the attempt
+back (``attempts - 1``); rescues are counted in ``rescues`` instead, and a job rescued
+``max_rescues`` times is dead ("worker lost").
+
+Rule 3: an attempt ends with an :data:`Outcome` value, and :func:`conclude` is the one place
+that turns it into the job's next state. A cancel a client requested while the attempt ran
+wins over a retry and over a release (the job ends ``cancelled``); it does not undo a
+success, and a job out of attempts is dead either way.
 
 ::
 
@@ -33,14 +40,21 @@ import attrs
 from .errors import IllegalTransition
 
 __all__ = [
+    "CLAIMABLE",
     "FINAL_STATES",
     "TRANSITIONS",
+    "Cancelled",
     "ErrorRecord",
     "Event",
+    "Failed",
     "Job",
     "JobState",
+    "Outcome",
+    "Released",
+    "Succeeded",
     "cancel",
     "claim",
+    "conclude",
     "fail",
     "redrive",
     "release",
@@ -105,6 +119,10 @@ def sources(event: Event) -> frozenset[JobState]:
     return frozenset(state for (state, ev) in TRANSITIONS if ev is event)
 
 
+#: The states a worker may claim a job from: pending and retrying (when due).
+CLAIMABLE = sources(Event.CLAIM)
+
+
 @attrs.frozen(kw_only=True)
 class ErrorRecord:
     """One failed attempt: never a traceback, never local variables."""
@@ -126,12 +144,14 @@ class ErrorRecord:
 
 @attrs.frozen(kw_only=True)
 class Job:
-    """A job as the store holds it. Change it only through the transition functions."""
+    """A job as the store holds it. Change it only through the transition functions.
+
+    The field order is the order of the public JSON view and of the SQL columns."""
 
     id: str
     task: str
-    payload: Any
     state: JobState = JobState.PENDING
+    payload: Any
     priority: int = 0
     attempts: int = 0  #: attempts that ran to an outcome (or are running now)
     max_attempts: int
@@ -144,11 +164,11 @@ class Job:
     result: Any = None
     errors: tuple[ErrorRecord, ...] = ()
     idempotency_key: str | None = None
+    cancel_requested: bool = False
     fingerprint: str = ""  #: hash of the submission, to tell a replay from a conflict
     lease_owner: str | None = None
     lease_token: int = 0  #: fencing token, incremented by every claim
     lease_expires_at: float | None = None
-    cancel_requested: bool = False
     seq: int = 0  #: store-assigned insertion order; the keyset pagination cursor
 
     @property
@@ -214,13 +234,19 @@ def cancel(job: Job, *, now: float) -> Job:
 
 def release(job: Job, *, now: float) -> Job:
     """running -> pending without burning the attempt (graceful shutdown). ``run_at`` is
-    kept, so the job keeps its place at the head of the queue."""
+    kept, so the job keeps its place at the head of the queue. A job a client asked to
+    cancel is cancelled instead."""
+    if job.cancel_requested:
+        return cancel(job, now=now)
     return _move(job, Event.RELEASE, now, attempts=job.attempts - 1, **_NO_LEASE)
 
 
 def rescue(job: Job, *, now: float, max_rescues: int) -> Job:
     """The owner of a running job is gone: hand the job back, or quarantine a job that keeps
-    killing its workers (it goes to the dead-letter queue with the reason "worker lost")."""
+    killing its workers (it goes to the dead-letter queue with the reason "worker lost").
+    A job a client asked to cancel is cancelled instead."""
+    if job.cancel_requested:
+        return cancel(job, now=now)
     rescues = job.rescues + 1
     attempts = job.attempts - 1
     if rescues >= max_rescues:
@@ -257,3 +283,56 @@ def redrive(job: Job, *, now: float) -> Job:
         result=None,
         cancel_requested=False,
     )
+
+
+# -- the end of an attempt -----------------------------------------------------------
+
+
+@attrs.frozen
+class Succeeded:
+    """The handler returned ``result`` (a JSON value)."""
+
+    result: Any = None
+
+
+@attrs.frozen
+class Failed:
+    """The handler raised (or timed out); ``permanent`` skips the remaining attempts."""
+
+    type: str
+    message: str
+    permanent: bool = False
+
+
+@attrs.frozen
+class Cancelled:
+    """The attempt was cancelled because a client asked."""
+
+
+@attrs.frozen
+class Released:
+    """The attempt did not run to an outcome (shutdown, a task not registered here): hand
+    the job back without burning the attempt."""
+
+
+#: How an attempt ended.
+Outcome = Succeeded | Failed | Cancelled | Released
+
+
+def conclude(job: Job, outcome: Outcome, *, now: float, delay: float | None = None) -> Job:
+    """The job after its running attempt ended with ``outcome`` (Rule 3).
+
+    ``delay`` is the retry policy's wait before the next attempt for a :class:`Failed`
+    outcome (None: no attempts left)."""
+    if isinstance(outcome, Succeeded):
+        return succeed(job, result=outcome.result, now=now)
+    if isinstance(outcome, Cancelled):
+        return cancel(job, now=now)
+    if isinstance(outcome, Released):
+        return release(job, now=now)
+    error = ErrorRecord.make(attempt=job.attempts, at=now, type=outcome.type, message=outcome.message)
+    if outcome.permanent:
+        delay = None
+    if job.cancel_requested and delay is not None:
+        return cancel(attrs.evolve(job, errors=_append(job.errors, error)), now=now)
+    return fail(job, error=error, now=now, delay=delay)

@@ -1,17 +1,17 @@
-"""``run_service``: one nursery running hypercorn, the job service and the signal watcher.
+"""``run_service``: hypercorn, the job service and the signal watcher in one nursery.
 
 ::
 
     trio.run(run_service, settings)
-      open_store(settings.db)
-        nursery
-         |- JobService.run        dispatcher, maintenance, N workers
-         |- hypercorn.trio.serve  HTTP, shutdown_trigger = service.shutdown_requested.wait
-         '- signals               SIGINT/SIGTERM -> begin_shutdown; a second one -> force_stop
+      nursery
+       |- signals               SIGINT/SIGTERM -> Shutdown.begin(); a second one -> force()
+       '- open_service(settings)                           (jobsvc.service)
+            '- hypercorn.trio.serve(create_app(service), shutdown_trigger=Shutdown.requested)
 
 On the first signal /ready turns 503 and submissions get 503, hypercorn stops accepting
-and finishes in-flight requests (within ``grace``), the dispatcher stops, the workers get
-``grace`` seconds, and whatever still runs is cancelled and released back to pending.
+and finishes in-flight requests (within ``grace``), the claim loop stops, the workers get
+``grace`` seconds, and whatever still runs is cancelled and released back to pending. The
+store stays open until hypercorn has answered its last request.
 """
 
 from __future__ import annotations
@@ -27,17 +27,19 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from .app import create_app
-from .clock import Clock, SystemClock
+from .clock import Clock
 from .config import Settings
 from .metrics import PrometheusObserver
 from .retry import Rng
-from .service import JobService
-from .store import open_store
+from .service import JobService, Shutdown, open_service
 from .tasks import Registry
 
 __all__ = ["Running", "hypercorn_config", "run_service"]
 
 log = logging.getLogger("jobsvc")
+
+#: How long after the drain deadline hypercorn may still take to close its connections.
+HTTP_SLACK = 1.0
 
 
 @attrs.frozen
@@ -67,16 +69,16 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
-async def _watch_signals(service: JobService, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _watch_signals(shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
-            if not service.draining:
+            if not shutdown.draining:
                 log.info("%s received: shutting down gracefully (again to stop now)", signal.Signals(signum).name)
-                service.begin_shutdown()
+                shutdown.begin()
             else:
                 log.warning("%s received again: stopping now", signal.Signals(signum).name)
-                service.force_stop()
+                shutdown.force()
 
 
 async def run_service(
@@ -90,39 +92,30 @@ async def run_service(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shut down (signal, or ``Running.shutdown()``), then drain and return."""
-    registry = registry or Registry.from_modules(settings.tasks)
-    observer = PrometheusObserver()
-    async with open_store(settings.database, migrate=settings.migrate) as store:
-        service = JobService(store=store, registry=registry, settings=settings, clock=clock or SystemClock(), rng=rng, observer=observer)
-        app = create_app(service, observer=observer)
-        async with trio.open_nursery() as nursery:
-            if handle_signals:
-                await nursery.start(_watch_signals, service)
-            await nursery.start(service.run)
-            if service.draining:  # shut down while recovery waited for the store
-                nursery.cancel_scope.cancel()
-                return
-            http_done = trio.Event()
-
-            async def serve_http(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-                try:
-                    await hypercorn.trio.serve(
-                        app,  # type: ignore[arg-type]
-                        hypercorn_config(settings),
-                        shutdown_trigger=service.shutdown_requested.wait,
-                        task_status=task_status,
+    shutdown = Shutdown(grace=settings.grace)
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            await nursery.start(_watch_signals, shutdown)
+        async with open_service(
+            settings, registry=registry, clock=clock, rng=rng, observer=PrometheusObserver(), shutdown=shutdown
+        ) as service:
+            if not shutdown.draining:  # not shut down while recovery waited for the store
+                async with trio.open_nursery() as http:
+                    shutdown.attach(http.cancel_scope, slack=HTTP_SLACK)  # never serve past the drain
+                    binds = await http.start(
+                        lambda task_status: hypercorn.trio.serve(
+                            create_app(service),  # type: ignore[arg-type]
+                            hypercorn_config(settings),
+                            shutdown_trigger=shutdown.requested.wait,
+                            task_status=task_status,
+                        )
                     )
-                finally:
-                    http_done.set()
-
-            binds = await nursery.start(serve_http)
-            log.info("jobsvc serving on %s (store: %s, %d workers, tasks: %s)", ", ".join(binds), store.kind, settings.workers, ", ".join(registry.names()))
-            if on_listening is not None:
-                on_listening(binds)
-            task_status.started(Running(service, binds))
-            await service.stopped.wait()
-            # hypercorn drains in-flight requests within the same grace; never wait past it.
-            with trio.move_on_at(max(service.grace_deadline, trio.current_time()) + 1.0):
-                await http_done.wait()
-            nursery.cancel_scope.cancel()
+                    log.info(
+                        "jobsvc serving on %s (store: %s, %d workers, tasks: %s)",
+                        ", ".join(binds), service.statistics()["store"], settings.workers, ", ".join(service.task_names()),
+                    )
+                    if on_listening is not None:
+                        on_listening(binds)
+                    task_status.started(Running(service, binds))
+        nursery.cancel_scope.cancel()  # the signal watcher
     log.info("jobsvc stopped")

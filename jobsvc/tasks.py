@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import random
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable
@@ -37,7 +38,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
-from .retry import Backoff
+from .retry import Backoff, Rng
 
 __all__ = ["JobContext", "PermanentError", "Registry", "TaskSpec", "payload_schema", "task"]
 
@@ -56,6 +57,9 @@ class JobContext:
     max_attempts: int
     lease_token: int  #: the fencing token of this claim: it changes if the job is run again
     log: logging.LoggerAdapter[logging.Logger]
+    #: ``rng(low, high)``: the service's random source, for handlers that draw at random
+    #: (tests pin it, so such a handler's outcome is known)
+    rng: Rng = random.uniform
 
 
 @attrs.frozen(kw_only=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -25,6 +26,7 @@ for _key in list(os.environ):
     if _key.startswith("JOBSVC_"):
         del os.environ[_key]
 
+from harness import serve_until_shutdown  # noqa: E402
 from pg_fixtures import pg_empty_url, pg_template, pg_url  # noqa: E402,F401
 
 from jobsvc.app import create_app  # noqa: E402
@@ -54,7 +56,7 @@ def clock() -> TrioClock:
 
 @pytest.fixture
 def registry() -> Registry:
-    return Registry.from_modules(["testtasks"])
+    return Registry.from_modules(["testtasks", "jobsvc.demo"])
 
 
 @pytest.fixture
@@ -81,20 +83,21 @@ ServiceFactory = Callable[..., Any]
 @pytest.fixture
 def start_service(nursery: trio.Nursery, registry: Registry, settings: Settings, clock: TrioClock) -> ServiceFactory:
     """start_service(store=None, **setting_overrides) -> a running JobService (memory store,
-    virtual-time clock, jitter at its ceiling)."""
+    virtual-time clock, jitter at its ceiling, owner "test-owner")."""
 
     async def start(store: Store | None = None, **overrides: Any) -> JobService:
-        service = JobService(
-            store=store or MemoryStore(),
-            registry=registry,
-            settings=attrs.evolve(settings, **overrides),
-            clock=clock,
-            rng=max_jitter,
-            owner="test-owner",
-            observer=PrometheusObserver(),
+        return await nursery.start(  # type: ignore[no-any-return]
+            partial(
+                serve_until_shutdown,
+                attrs.evolve(settings, **overrides),
+                store=store or MemoryStore(),
+                registry=registry,
+                clock=clock,
+                rng=max_jitter,
+                owner="test-owner",
+                observer=PrometheusObserver(),
+            )
         )
-        await nursery.start(service.run)
-        return service
 
     return start
 

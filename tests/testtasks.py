@@ -110,3 +110,37 @@ async def slow_first_failure(payload: Any, ctx: JobContext) -> str:
         raise PermanentError("the first run fails")
     await trio.sleep(0.1)
     return "ok"
+
+
+@task("raise_base", max_attempts=2, backoff=Backoff(base=1, cap=1, jitter=False))
+async def raise_base(payload: str, ctx: JobContext) -> None:
+    """Raises the BaseException named by the payload (SystemExit, KeyboardInterrupt...)."""
+    kinds: dict[str, type[BaseException]] = {
+        "SystemExit": SystemExit,
+        "KeyboardInterrupt": KeyboardInterrupt,
+        "GeneratorExit": GeneratorExit,
+        "BaseException": BaseException,
+    }
+    raise kinds[payload]("raised by the handler")
+
+
+#: (lease token, event, trio time) of every run of the "tracked" task.
+RUNS: list[tuple[int, str, float]] = []
+
+
+@attrs.frozen
+class Tracked:
+    seconds: float
+
+
+@task("tracked", payload=Tracked)
+async def tracked(payload: Tracked, ctx: JobContext) -> dict[str, int]:
+    """Sleeps, recording when each attempt starts, is cancelled and ends."""
+    RUNS.append((ctx.lease_token, "start", trio.current_time()))
+    try:
+        await trio.sleep(payload.seconds)
+    except trio.Cancelled:
+        RUNS.append((ctx.lease_token, "cancelled", trio.current_time()))
+        raise
+    RUNS.append((ctx.lease_token, "end", trio.current_time()))
+    return {"token": ctx.lease_token}

@@ -16,19 +16,31 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..config import DatabaseURL
-from .base import InsertResult, Store
+from .base import AttemptKey, ClaimResult, Counts, Finished, InsertResult, Store, Tx
 from .memory import MemoryStore
 
-__all__ = ["InsertResult", "MemoryStore", "Store", "migrate", "open_store"]
+__all__ = [
+    "AttemptKey",
+    "ClaimResult",
+    "Counts",
+    "Finished",
+    "InsertResult",
+    "MemoryStore",
+    "Store",
+    "Tx",
+    "migrate",
+    "open_store",
+]
 
 
 @asynccontextmanager
-async def open_store(url: str | DatabaseURL, *, migrate: bool = False) -> AsyncIterator[Store]:
+async def open_store(url: str | DatabaseURL, *, migrate: bool = False, fsync_interval: float = 1.0) -> AsyncIterator[Store]:
     """Open the store that ``url`` names; close it on exit.
 
     ``migrate=True`` applies pending schema migrations first (PostgreSQL; the SQLite
     schema is created and upgraded on open). Without it a PostgreSQL schema that is behind
-    raises ConfigError telling the operator to run ``jobsvc migrate``.
+    raises ConfigError telling the operator to run ``jobsvc migrate``. ``fsync_interval``:
+    how long worker-side writes may wait to reach the disk (0: every commit is synced).
     """
     db = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
     if db.scheme == "memory":
@@ -40,12 +52,12 @@ async def open_store(url: str | DatabaseURL, *, migrate: bool = False) -> AsyncI
     elif db.scheme == "sqlite":
         from .sqlite import open_sqlite_store
 
-        async with open_sqlite_store(db.path) as sqlite_store:
+        async with open_sqlite_store(db.path, fsync_interval=fsync_interval) as sqlite_store:
             yield sqlite_store
     else:
         from .postgres import open_postgres_store
 
-        async with open_postgres_store(db.url, migrate=migrate) as pg_store:
+        async with open_postgres_store(db.url, migrate=migrate, fsync_interval=fsync_interval) as pg_store:
             yield pg_store
 
 

@@ -1,30 +1,66 @@
-"""The store contract: what every job store (memory, SQLite, PostgreSQL) must do.
+"""The store contract, and the operations every store shares.
 
-The store is the queue of record; the service's memory channel is only a hint. Every
-method is atomic: it commits before it returns, or raises and changes nothing. A store
-raises :class:`~jobsvc.errors.StoreUnavailable` for transient trouble (a locked database,
-a lost connection) so callers can answer 503 or back off, never a 500.
+Theory of operation
+-------------------
+The store is the queue of record. Every store (memory, SQLite, PostgreSQL) is two things:
 
-Transitions are computed with the pure functions of :mod:`jobsvc.models` and written
-*fenced*: ``save(new, expected=old)`` changes the row only if it still has ``old``'s state
-and lease token. ``claim_due`` is the only transition done in bulk by the store itself; it
-must give exactly what :func:`jobsvc.models.claim` gives.
+* a *dialect*, :class:`Tx`: the few synchronous primitives one transaction can do (insert
+  rows, read rows, write a row *fenced*, pick due jobs in claim order...). This is the only
+  part written per store, and the only place where SQL lives;
+* a *transaction runner*: ``_write(fn)`` and ``_read(fn)`` run ``fn(tx)`` as one atomic
+  transaction (SQLite: the writer thread's group commit; PostgreSQL: a pooled connection in
+  a worker thread; memory: directly, between two checkpoints).
 
-``tests/store/test_contract.py`` runs one suite against every implementation.
+The operations themselves (insert with idempotency, claim, record outcomes, rescue, modify)
+are written once, below, on top of :class:`Tx`, and compute every state change with the
+pure functions of :mod:`jobsvc.models`. So the three stores cannot disagree on semantics,
+and ``tests/store/test_contract.py`` runs one suite against all three.
+
+Fencing: ``Tx.update(new, expected)`` writes only if the row still has ``expected``'s
+``(id, state, lease_token, cancel_requested)``. The first three fence out stale writers (an
+old attempt, a rescuer that read an old row); the fourth is the one field a client changes
+on a running job (a cancel request), so an outcome computed before that request is
+recomputed from the current row instead of overwriting it.
+
+Durability: ``_write(fn, durable=True)`` for what a client is answered about (a submission,
+a cancel, a redrive) is on disk before it returns. Worker-side writes (claims, outcomes,
+heartbeats, rescues) may be flushed up to ``fsync_interval`` seconds later: a crash of the
+process loses nothing, a power loss may make the last moments' attempts run again
+(at-least-once either way).
+
+Counts by task and state are kept up to date in the same transactions (triggers in the SQL
+stores), so admission control, ``/ready`` and ``/metrics`` never scan the jobs table.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import attrs
 import trio
 
-from ..errors import Conflict
+from .. import models
+from ..errors import Conflict, JobNotFound, StoreUnavailable
 from ..models import Job, JobState
 
-__all__ = ["InsertResult", "Store", "check_conflicts"]
+__all__ = [
+    "AttemptKey",
+    "ClaimResult",
+    "Counts",
+    "Finished",
+    "InsertResult",
+    "Store",
+    "Tx",
+]
+
+T = TypeVar("T")
+
+#: Jobs deleted per transaction when pruning.
+PRUNE_BATCH = 5000
+#: An attempt is known by its job's id and the lease token of its claim.
+AttemptKey = tuple[str, int]
 
 
 @attrs.frozen
@@ -33,34 +69,230 @@ class InsertResult:
     created: bool  #: False when the id or idempotency key already existed
 
 
+@attrs.frozen
+class ClaimResult:
+    jobs: list[Job]  #: the claimed jobs, in claim order (running, leased to the claimer)
+    #: when fewer jobs than asked were claimed: the earliest ``run_at`` among the claimable
+    #: jobs left (None: there are none); when the claim was full: None (there may be more)
+    next_run_at: float | None = None
+
+
+@attrs.frozen
+class Finished:
+    """An attempt that ended: its job as it was claimed, how it ended, when (epoch seconds:
+    the job's ``finished_at``, or the start of its retry delay) and, for a failure with
+    attempts left, the retry policy's delay."""
+
+    job: Job
+    outcome: models.Outcome
+    at: float
+    delay: float | None = None
+
+
+@attrs.frozen
+class Counts:
+    """Jobs by task and state, read in O(tasks x states) whatever the size of the table."""
+
+    by_task: Mapping[str, Mapping[JobState, int]] = attrs.field(factory=dict)
+
+    def by_state(self) -> dict[JobState, int]:
+        totals = dict.fromkeys(JobState, 0)
+        for states in self.by_task.values():
+            for state, n in states.items():
+                totals[state] += n
+        return totals
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting to run: pending (due or scheduled) and retrying."""
+        totals = self.by_state()
+        return totals[JobState.PENDING] + totals[JobState.RETRYING]
+
+    @classmethod
+    def from_rows(cls, rows: Iterator[tuple[str, str, int]] | Sequence[tuple[str, str, int]]) -> Counts:
+        by_task: dict[str, dict[JobState, int]] = {}
+        for task, state, n in rows:
+            if n:
+                by_task.setdefault(task, dict.fromkeys(JobState, 0))[JobState(state)] += int(n)
+        return cls(by_task)
+
+
+class Tx(Protocol):
+    """What one transaction can do. Synchronous: it runs in the store's thread."""
+
+    def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
+        """Insert in order; each result is the stored job (with its ``seq``), or None when
+        its id or (non-null) idempotency key is already taken (the row is not inserted)."""
+
+    def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
+        """For each job, the stored job holding its id, or else its idempotency key."""
+
+    def get(self, job_id: str, *, lock: bool = False) -> Job | None:
+        """One job; ``lock`` holds its row until the transaction ends (PostgreSQL)."""
+
+    def update(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
+        """Write each ``new`` whose row still has its ``expected``'s id, state, lease token
+        and cancel flag (the fence); True for the rows written."""
+
+    def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
+        """Up to ``limit`` claimable jobs with ``run_at <= now`` (of ``tasks`` if given), in
+        claim order: highest priority first, then ``run_at``, then ``seq``. Rows are
+        held for this transaction and skipped by concurrent ones (SKIP LOCKED). The cost
+        must not grow with the number of jobs waiting."""
+
+    def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:
+        """The earliest ``run_at`` of a claimable job (of ``tasks`` if given)."""
+
+    def running(self, *, expired_at: float | None) -> list[Job]:
+        """Running jobs (whose lease expired at ``expired_at``, unless None), held for this
+        transaction and skipped by concurrent ones."""
+
+    def renew(self, *, owner: str, keys: Collection[AttemptKey], expires: float) -> dict[AttemptKey, bool]:
+        """Extend the leases of the attempts named (still running, same token, leased to
+        ``owner``) to ``expires``; ``{key: cancel_requested}`` for the renewed ones."""
+
+    def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
+        """Jobs in ``seq`` order with ``seq > after``, filtered by state and task."""
+
+    def counts(self) -> Counts: ...
+
+    def delete_finished(self, *, before: float, limit: int) -> int:
+        """Delete up to ``limit`` final jobs finished before ``before``; how many."""
+
+    def notify(self) -> None:
+        """Tell other instances that jobs may be claimable (PostgreSQL NOTIFY, on commit)."""
+
+
+# -- the operations, written once ------------------------------------------------------
+
+
 def check_conflicts(jobs: Sequence[Job], results: Sequence[InsertResult]) -> None:
     """Raise Conflict if a job's id or key is taken by a job submitted with another body.
-    Stores call it inside the insert transaction, so a conflicting batch inserts nothing."""
+    Run inside the insert transaction, so a conflicting batch inserts nothing."""
     for job, result in zip(jobs, results, strict=True):
         if not result.created and result.job.fingerprint != job.fingerprint:
             what = f"id {job.id!r}" if result.job.id == job.id else f"Idempotency-Key {job.idempotency_key!r}"
             raise Conflict(f"a job with {what} exists with a different body (job {result.job.id})")
 
 
+def insert_jobs(tx: Tx, jobs: Sequence[Job]) -> list[InsertResult]:
+    stored = tx.insert(jobs)
+    clashes = [job for job, new in zip(jobs, stored, strict=True) if new is None]
+    holders = iter(tx.existing(clashes) if clashes else [])
+    results = []
+    for new in stored:
+        if new is not None:
+            results.append(InsertResult(new, created=True))
+            continue
+        holder = next(holders)
+        if holder is None:  # the holder vanished (pruned) between the two statements
+            raise StoreUnavailable("a concurrent change got in the way of this insert; retry")
+        results.append(InsertResult(holder, created=False))
+    check_conflicts(jobs, results)  # raising rolls the transaction back
+    if any(r.created and r.job.state in models.CLAIMABLE for r in results):
+        tx.notify()
+    return results
+
+
+def _write_all(tx: Tx, pairs: Sequence[tuple[Job, Job]]) -> None:
+    """Write rows this transaction holds (locked, or the only writer): the fence cannot fail."""
+    if pairs and not all(tx.update(pairs)):  # pragma: no cover - a store bug
+        raise RuntimeError("a row held by this transaction changed under it")
+
+
+def claim_jobs(tx: Tx, *, owner: str, now: float, lease: float, limit: int, tasks: Collection[str] | None) -> ClaimResult:
+    due = tx.due(now=now, limit=limit, tasks=tasks) if limit > 0 else []
+    claimed = [models.claim(job, owner=owner, now=now, lease=lease) for job in due]
+    _write_all(tx, list(zip(claimed, due, strict=True)))
+    next_at = None if len(claimed) == limit else tx.next_run_at(tasks=tasks)
+    return ClaimResult(claimed, next_at)
+
+
+def record_outcomes(tx: Tx, finished: Sequence[Finished]) -> list[Job | None]:
+    """Write each attempt's outcome, fenced; None where the attempt no longer holds its job.
+    An outcome computed from a row whose cancel flag changed meanwhile is recomputed from
+    the current row (models.conclude decides: a requested cancel wins over a retry)."""
+    first = [models.conclude(f.job, f.outcome, now=f.at, delay=f.delay) for f in finished]
+    written = tx.update(list(zip(first, (f.job for f in finished), strict=True)))
+    results: list[Job | None] = []
+    for f, new, ok in zip(finished, first, written, strict=True):
+        if ok:
+            results.append(new)
+            continue
+        current = tx.get(f.job.id, lock=True)
+        if current is not None and current.state is JobState.RUNNING and current.lease_token == f.job.lease_token:
+            recomputed = models.conclude(current, f.outcome, now=f.at, delay=f.delay)
+            _write_all(tx, [(recomputed, current)])
+            results.append(recomputed)
+        else:
+            results.append(None)
+    if any(job is not None and job.state is JobState.PENDING for job in results):  # released
+        tx.notify()
+    return results
+
+
+def rescue_jobs(tx: Tx, *, now: float, max_rescues: int, expired_only: bool) -> list[Job]:
+    old = tx.running(expired_at=now if expired_only else None)
+    new = [models.rescue(job, now=now, max_rescues=max_rescues) for job in old]
+    _write_all(tx, list(zip(new, old, strict=True)))
+    if any(job.state in models.CLAIMABLE for job in new):
+        tx.notify()
+    return new
+
+
+def modify_job(tx: Tx, job_id: str, change: Callable[[Job], Job]) -> Job:
+    job = tx.get(job_id, lock=True)
+    if job is None:
+        raise JobNotFound(f"no job has the id {job_id!r}")
+    new = change(job)  # a pure transition; raising (IllegalTransition) rolls back
+    if new != job:
+        _write_all(tx, [(new, job)])
+        if new.state in models.CLAIMABLE:
+            tx.notify()
+    return new
+
+
+# -- the contract ------------------------------------------------------------------------
+
+
 class Store(abc.ABC):
+    """The async API the service uses. Every method is atomic: it commits before it
+    returns, or raises and changes nothing. Transient trouble (a locked database, a lost
+    connection) is :class:`~jobsvc.errors.StoreUnavailable`, so callers answer 503 or back
+    off, never 500."""
+
     #: True when this process is the only user of the store (memory, SQLite): at start-up,
-    #: every ``running`` job belongs to a process that is gone and can be rescued at once.
+    #: every ``running`` job belongs to a process that is gone and can be rescued at once,
+    #: and every change to the jobs is made here (no polling for other writers).
     exclusive: bool = True
     #: Short name for logs and /ready ("memory", "sqlite", "postgresql").
     kind: str = "store"
 
     @abc.abstractmethod
+    async def _write(self, fn: Callable[[Tx], T], *, durable: bool = False) -> T:
+        """Run ``fn(tx)`` as one write transaction; ``durable``: on disk before returning."""
+
+    @abc.abstractmethod
+    async def _read(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn(tx)`` on a consistent snapshot (no writes)."""
+
     async def insert(self, jobs: Sequence[Job]) -> list[InsertResult]:
-        """Insert new jobs in one transaction, in order. A job whose ``id`` or (non-null)
+        """Insert new jobs in one durable transaction, in order (jobs may arrive already
+        claimed, i.e. ``running``: the claim at insert). A job whose ``id`` or (non-null)
         ``idempotency_key`` is already stored is not inserted: its result carries the stored
-        job and ``created=False``. ``seq`` is assigned by the store. If such a stored job
-        has another ``fingerprint`` (another body), raise Conflict and insert nothing
-        (see :func:`check_conflicts`)."""
+        job and ``created=False``; if that job has another ``fingerprint`` (another body),
+        raise Conflict and insert nothing."""
+        if not jobs:
+            return []
+        return await self._write(lambda tx: insert_jobs(tx, jobs), durable=True)
 
-    @abc.abstractmethod
-    async def get(self, job_id: str) -> Job | None: ...
+    async def find(self, jobs: Sequence[Job]) -> list[Job | None]:
+        """The stored job holding each job's id (or else idempotency key), if any."""
+        return await self._read(lambda tx: tx.existing(jobs))
 
-    @abc.abstractmethod
+    async def get(self, job_id: str) -> Job | None:
+        return await self._read(lambda tx: tx.get(job_id))
+
     async def list_jobs(
         self,
         *,
@@ -70,69 +302,68 @@ class Store(abc.ABC):
         limit: int = 100,
     ) -> list[Job]:
         """Jobs in ``seq`` order with ``seq > after``, filtered by state and task."""
+        return await self._read(lambda tx: tx.select(states=states, task=task, after=after, limit=limit))
 
-    @abc.abstractmethod
-    async def claim_due(
-        self,
-        *,
-        owner: str,
-        now: float,
-        lease: float,
-        limit: int,
-        tasks: Collection[str] | None = None,
-    ) -> list[Job]:
-        """Claim up to ``limit`` due jobs (pending or retrying, ``run_at <= now``, task in
-        ``tasks`` if given) in one transaction, highest ``priority`` first, then ``run_at``,
-        then ``seq``. Concurrent callers never claim the same job."""
+    async def claim(self, *, owner: str, now: float, lease: float, limit: int, tasks: Collection[str] | None = None) -> ClaimResult:
+        """Claim up to ``limit`` due jobs (of ``tasks`` if given) in one transaction,
+        highest priority first, then ``run_at``, then ``seq``, exactly as
+        :func:`jobsvc.models.claim` would. Concurrent callers never claim the same job."""
+        return await self._write(lambda tx: claim_jobs(tx, owner=owner, now=now, lease=lease, limit=limit, tasks=tasks))
 
-    @abc.abstractmethod
-    async def claim(self, job_id: str, *, owner: str, now: float, lease: float) -> Job | None:
-        """Claim one given job if it is still claimable and due; None otherwise."""
+    async def record(self, finished: Sequence[Finished]) -> list[Job | None]:
+        """Write the outcomes of ended attempts in one transaction (group commit), each
+        fenced on its attempt; None for an attempt that lost its job (rescued elsewhere)."""
+        if not finished:
+            return []
+        return await self._write(lambda tx: record_outcomes(tx, finished))
 
-    @abc.abstractmethod
-    async def save(self, new: Job, *, expected: Job) -> bool:
-        """Write ``new`` if the stored row still has ``expected``'s state and lease token.
-        Returns False (and changes nothing) when it does not: the fence held."""
-
-    @abc.abstractmethod
     async def modify(self, job_id: str, change: Callable[[Job], Job]) -> Job:
-        """Read-modify-write one job in one transaction: ``change`` is a pure transition
-        (it may raise IllegalTransition, which rolls back). Raises JobNotFound."""
+        """Read-modify-write one job in one durable transaction: ``change`` is a pure
+        transition (it may raise IllegalTransition, which rolls back). Raises JobNotFound."""
+        return await self._write(lambda tx: modify_job(tx, job_id, change), durable=True)
 
-    @abc.abstractmethod
-    async def heartbeat(self, *, owner: str, now: float, lease: float, job_ids: Collection[str]) -> dict[str, bool]:
-        """Extend, in one statement, the leases of the given jobs that are still running
-        with ``owner``. Returns ``{id: cancel_requested}`` for the renewed ones: a held job
-        missing from it has lost its lease (it was rescued; someone else may run it).
-        Only the jobs a process really holds are renewed, so a job whose outcome could not
-        be written is not kept alive forever: its lease lapses and it is rescued."""
+    async def heartbeat(self, *, owner: str, now: float, lease: float, held: Collection[AttemptKey]) -> dict[AttemptKey, bool]:
+        """Extend, in one statement, the leases of the attempts named that still hold their
+        job. Returns ``{(id, token): cancel_requested}`` for the renewed ones: a held
+        attempt missing from it has lost its job (rescued; maybe claimed again, under a new
+        token, even by this very process)."""
+        if not held:
+            return {}
+        return await self._write(lambda tx: tx.renew(owner=owner, keys=held, expires=now + lease))
 
-    @abc.abstractmethod
     async def rescue(self, *, now: float, max_rescues: int, expired_only: bool = True) -> list[Job]:
-        """Take back running jobs whose lease expired (or all running jobs when
-        ``expired_only`` is False: start-up of an exclusive store), through
+        """Take back running jobs whose lease expired (every running job when
+        ``expired_only`` is False: the start-up of an exclusive store), through
         :func:`jobsvc.models.rescue`. Returns the rescued jobs as they now are."""
+        return await self._write(lambda tx: rescue_jobs(tx, now=now, max_rescues=max_rescues, expired_only=expired_only))
 
-    @abc.abstractmethod
     async def next_run_at(self, *, tasks: Collection[str] | None = None) -> float | None:
         """The earliest ``run_at`` of a claimable job, or None if there is none."""
+        return await self._read(lambda tx: tx.next_run_at(tasks=tasks))
 
-    @abc.abstractmethod
-    async def count_by_state(self) -> dict[JobState, int]: ...
+    async def counts(self) -> Counts:
+        """Jobs by task and state; constant time in the number of jobs."""
+        return await self._read(lambda tx: tx.counts())
 
-    @abc.abstractmethod
     async def prune(self, *, finished_before: float) -> int:
-        """Delete final jobs finished before the given time; returns how many."""
+        """Delete final jobs finished before the given time, in batches of PRUNE_BATCH (each
+        its own transaction, so none holds the store for long); returns how many."""
+        total = 0
+        while True:
+            n = await self._write(lambda tx: tx.delete_finished(before=finished_before, limit=PRUNE_BATCH))
+            total += n
+            if n < PRUNE_BATCH:
+                return total
 
     async def wait_for_work(self) -> None:
         """Return when another process may have made jobs claimable (PostgreSQL uses
         LISTEN/NOTIFY). A store used by one process only never returns: the service wakes
-        its own dispatcher."""
+        its own claim loop."""
         await trio.sleep_forever()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot serve requests right now."""
-        await self.count_by_state()
+        await self.counts()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the store is unusable afterwards."""

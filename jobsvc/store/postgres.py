@@ -6,13 +6,27 @@ Theory of operation
   API needs asyncio and does not run under trio. Every store call is one transaction run in
   a worker thread through ``trio.to_thread.run_sync`` with the store's own
   :class:`trio.CapacityLimiter` (the pool size): one thread hop per transaction, never per row.
-* **Claims.** ``claim_due`` claims a batch in one statement
-  (``WITH due AS (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE ... RETURNING``), so concurrent
-  instances never claim the same job and never wait for each other.
-* **Fencing.** Every state change is written ``WHERE id = ? AND state = ? AND lease_token = ?``
-  (:func:`jobsvc.models.claim` increments the token), so a stale writer changes nothing.
+* **Operations.** The store is a dialect (:class:`_PgTx`) under the operations written once
+  in :mod:`jobsvc.store.base`: every state change is computed by :mod:`jobsvc.models` and
+  written fenced (``WHERE id = ? AND state = ? AND lease_token = ? AND cancel_requested = ?``)
+  in ONE statement for a whole batch (``UPDATE ... FROM unnest(...)``).
+* **Claims.** Due jobs are picked one priority level at a time (``priority = p AND run_at <=
+  now ORDER BY run_at, seq LIMIT n FOR UPDATE SKIP LOCKED`` on the partial index
+  ``jobs_due``), so concurrent instances never claim the same job nor wait for each other,
+  and the cost does not grow with the backlog or with jobs scheduled for later.
 * **Rescue.** Expired leases are taken back with ``FOR UPDATE SKIP LOCKED`` (a row that a live
   worker is writing right now is skipped) and :func:`jobsvc.models.rescue`, written fenced.
+* **Counts.** Jobs by task and state live in ``jobsvc_counts``, kept by statement-level
+  triggers (transition tables: one upsert per statement, not per row) in the same
+  transaction as the change. Every instance updating one counter row would serialize all
+  writers on that row's lock, so each row is *sharded* by the writing backend
+  (``pg_backend_pid() % 32``) and a read sums the shards: O(tasks x states x 32) whatever
+  the size of the table.
+* **Durability.** A client's write (a submission, a cancel, a redrive) commits with
+  ``synchronous_commit = on``. Worker-side writes (claims, outcomes, heartbeats, rescues)
+  use ``synchronous_commit = off`` unless ``fsync_interval`` is 0: the server flushes them
+  within ``3 x wal_writer_delay`` (0.6 s by default); a crash of the *server* may forget
+  them, and those attempts run again.
 * **Wake-ups.** A transaction that makes a job claimable runs ``pg_notify('jobsvc_jobs', '')``
   (delivered on commit). One dedicated ``LISTEN`` connection per store is awaited with
   ``trio.lowlevel.wait_readable`` (no thread); bursts coalesce into one wake-up; the listener
@@ -46,11 +60,11 @@ import trio
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from .. import models
-from ..errors import ConfigError, JobNotFound, StoreUnavailable
+from ..codec import JOB_FIELDS, job_from_row, job_to_row
+from ..errors import ConfigError, StoreUnavailable
 from ..models import Job, JobState
-from ._rows import COLUMNS, MUTABLE, from_row, to_row
-from .base import InsertResult, Store, check_conflicts
+from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE
+from .base import AttemptKey, Counts, Store, Tx
 
 __all__ = [
     "CHANNEL",
@@ -72,9 +86,8 @@ MIGRATION_LOCK = 0x6A6F_6273_7663_0001
 #: The migrations table.
 SCHEMA_TABLE = "jobsvc_schema"
 
-_CLAIMABLE = sorted(s.value for s in models.sources(models.Event.CLAIM))  # pending, retrying
-_FINAL = sorted(s.value for s in models.FINAL_STATES)
-assert _CLAIMABLE == ["pending", "retrying"], _CLAIMABLE  # the partial indexes below name them
+#: Counter rows per (task, state): one per shard, chosen by the writing backend.
+COUNT_SHARDS = 32
 
 # --------------------------------------------------------------------------- migrations
 
@@ -122,8 +135,60 @@ _V1 = (
     "ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02)",
 )
 
+_COUNT_FUNCTION = f"""
+    CREATE FUNCTION jobsvc_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        -- one upsert per statement (not per row); rows sharded by the writing backend so
+        -- concurrent writers do not queue on one counter row; sorted so they lock in order
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO jobsvc_counts AS c (task, state, shard, n)
+                SELECT task, state, pg_backend_pid() % {COUNT_SHARDS}, count(*) FROM new_rows
+                GROUP BY task, state ORDER BY task, state
+                ON CONFLICT (task, state, shard) DO UPDATE SET n = c.n + excluded.n;
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO jobsvc_counts AS c (task, state, shard, n)
+                SELECT task, state, pg_backend_pid() % {COUNT_SHARDS}, -count(*) FROM old_rows
+                GROUP BY task, state ORDER BY task, state
+                ON CONFLICT (task, state, shard) DO UPDATE SET n = c.n + excluded.n;
+        ELSE
+            INSERT INTO jobsvc_counts AS c (task, state, shard, n)
+                SELECT task, state, pg_backend_pid() % {COUNT_SHARDS}, sum(d) FROM (
+                    SELECT task, state, 1 AS d FROM new_rows
+                    UNION ALL SELECT task, state, -1 FROM old_rows) AS changes
+                GROUP BY task, state HAVING sum(d) <> 0 ORDER BY task, state
+                ON CONFLICT (task, state, shard) DO UPDATE SET n = c.n + excluded.n;
+        END IF;
+        RETURN NULL;
+    END $$
+"""  # noqa: S608 - constant DDL
+
+_V2 = (
+    """
+    CREATE TABLE jobsvc_counts (
+        task text NOT NULL,
+        state text NOT NULL,
+        shard integer NOT NULL,
+        n bigint NOT NULL,
+        PRIMARY KEY (task, state, shard)
+    )
+    """,
+    _COUNT_FUNCTION,
+    # The triggers lock the jobs table until this migration commits: the backfill below
+    # cannot miss or count twice a change made meanwhile.
+    "CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION jobsvc_count_jobs()",
+    "CREATE TRIGGER jobs_count_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION jobsvc_count_jobs()",
+    "CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION jobsvc_count_jobs()",
+    "INSERT INTO jobsvc_counts (task, state, shard, n) SELECT task, state, 0, count(*) FROM jobs GROUP BY task, state",
+)
+
 #: (version, name, statements), in order. Never edit an applied migration: append a new one.
-MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = ((1, "create jobs table and indexes", _V1),)
+MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (1, "create jobs table and indexes", _V1),
+    (2, "counts by task and state, kept by triggers", _V2),
+)
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 _CREATE_SCHEMA_TABLE = f"""
@@ -136,13 +201,13 @@ _CREATE_SCHEMA_TABLE = f"""
 
 # --------------------------------------------------------------------------- SQL
 
-_COLS = ", ".join(COLUMNS)
-_INSERT_COLS = tuple(c for c in COLUMNS if c != "seq")
-_J_COLS = ", ".join(f"j.{c}" for c in COLUMNS)
+_COLS = ", ".join(JOB_FIELDS)
+_IN_CLAIMABLE = f"state IN ({', '.join(repr(v) for v in CLAIMABLE_STATES)})"  # as the partial indexes say it
+_IN_FINAL = f"state IN ({', '.join(repr(v) for v in FINAL_STATES)})"
 
 _SQL_INSERT = (
-    f"INSERT INTO jobs ({', '.join(_INSERT_COLS)}) "  # noqa: S608 - constant identifiers only
-    f"VALUES ({', '.join(f'%({c})s' for c in _INSERT_COLS)}) "
+    f"INSERT INTO jobs ({', '.join(INSERTED)}) "  # noqa: S608 - constant identifiers only
+    f"VALUES ({', '.join(f'%({c})s' for c in INSERTED)}) "
     f"ON CONFLICT DO NOTHING RETURNING {_COLS}"
 )
 _SQL_EXISTING = (
@@ -150,62 +215,62 @@ _SQL_EXISTING = (
 )
 _SQL_NOTIFY = "SELECT pg_notify(%s, '')"
 _SQL_GET = f"SELECT {_COLS} FROM jobs WHERE id = %s"  # noqa: S608 - constant identifiers only
-_SQL_GET_FOR_UPDATE = f"SELECT {_COLS} FROM jobs WHERE id = %s FOR UPDATE"  # noqa: S608 - constant identifiers only
+_SQL_GET_FOR_UPDATE = _SQL_GET + " FOR UPDATE"
 
-_CLAIM_SET = (
-    "state = 'running', attempts = j.attempts + 1, lease_token = j.lease_token + 1, "
-    "lease_owner = %(owner)s, lease_expires_at = %(expires)s, updated_at = %(now)s"
+#: The SQL type of each column a fenced update writes (the unnest() arrays need them).
+_TYPES = {
+    "state": "text",
+    "attempts": "integer",
+    "rescues": "integer",
+    "run_at": "double precision",
+    "updated_at": "double precision",
+    "finished_at": "double precision",
+    "result": "text",
+    "errors": "text",
+    "cancel_requested": "boolean",
+    "lease_owner": "text",
+    "lease_token": "bigint",
+    "lease_expires_at": "double precision",
+}
+assert set(_TYPES) == set(WRITABLE), set(WRITABLE) ^ set(_TYPES)
+_FENCE = (("fence_id", "text"), ("fence_state", "text"), ("fence_token", "bigint"), ("fence_cancel", "boolean"))
+_UNNEST = [*_FENCE, *((c, _TYPES[c]) for c in WRITABLE)]
+#: Every fenced write of a batch in one statement; RETURNING names the rows written.
+_SQL_UPDATE = (
+    f"UPDATE jobs j SET {', '.join(f'{c} = v.{c}' for c in WRITABLE)} "  # noqa: S608 - constant identifiers only
+    f"FROM unnest({', '.join(f'%({name})s::{type_}[]' for name, type_ in _UNNEST)}) "
+    f"AS v({', '.join(name for name, _ in _UNNEST)}) "
+    "WHERE j.id = v.fence_id AND j.state = v.fence_state AND j.lease_token = v.fence_token "
+    "AND j.cancel_requested = v.fence_cancel RETURNING j.id"
 )
-_DUE = "state IN ('pending', 'retrying') AND run_at <= %(now)s"
 
-
-def _claim_due_sql(with_tasks: bool) -> str:
-    task_filter = " AND task = ANY(%(tasks)s::text[])" if with_tasks else ""
-    return (
-        f"WITH due AS (SELECT id FROM jobs WHERE {_DUE}{task_filter} "  # noqa: S608 - constant identifiers only
-        "ORDER BY priority DESC, run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-        f"UPDATE jobs j SET {_CLAIM_SET} FROM due "
-        "WHERE j.id = due.id AND j.state IN ('pending', 'retrying') "
-        f"RETURNING {_J_COLS}"
-    )
-
-
-#: Sent with each claim_due (same round trip, pipelined), for this transaction only: the
-#: planner's row estimates for a queue table swing wildly (an idle queue was analyzed with
-#: no pending rows, then a burst arrives), and with a low estimate it sorts every due job
-#: to pick the first n: O(backlog) per claim, 20 ms at 20,000 due jobs. Without sorts,
-#: bitmap scans and hash joins it walks the jobs_due index in claim order and stops at n
-#: (0.5 ms), whatever the statistics say.
-_SQL_CLAIM_PLAN = (
-    "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), "
-    "set_config('enable_hashjoin', 'off', true)"
-)
-_SQL_CLAIM_DUE = _claim_due_sql(False)
-_SQL_CLAIM_DUE_TASKS = _claim_due_sql(True)
-_SQL_CLAIM_ONE = f"UPDATE jobs j SET {_CLAIM_SET} WHERE j.id = %(id)s AND j.{_DUE} RETURNING {_J_COLS}"  # noqa: S608 - constant identifiers only
-
-_SET_MUTABLE = ", ".join(f"{c} = %({c})s" for c in MUTABLE)
-_SQL_SAVE_FENCED = (
-    f"UPDATE jobs SET {_SET_MUTABLE} "  # noqa: S608 - constant identifiers only
-    "WHERE id = %(fence_id)s AND state = %(fence_state)s AND lease_token = %(fence_token)s"
-)
-_SQL_HEARTBEAT = (
-    "UPDATE jobs SET lease_expires_at = %(expires)s "
-    "WHERE state = 'running' AND lease_owner = %(owner)s AND id = ANY(%(ids)s) "
-    "RETURNING id, cancel_requested"
+#: Sent before the claim queries, for this transaction only: the planner's row estimates for
+#: a queue table swing wildly (an idle queue was analyzed with no pending rows, then a burst
+#: arrives); without sorts and bitmap scans it walks the jobs_due index in claim order and
+#: stops at n, whatever the statistics say.
+_SQL_CLAIM_PLAN = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
+_SQL_TOP_LEVEL = f"SELECT priority FROM jobs WHERE {_IN_CLAIMABLE} ORDER BY priority DESC LIMIT 1"  # noqa: S608 - constant
+_SQL_NEXT_LEVEL = f"SELECT priority FROM jobs WHERE {_IN_CLAIMABLE} AND priority < %s ORDER BY priority DESC LIMIT 1"  # noqa: S608 - constant
+_DUE_AT_LEVEL = f"SELECT {_COLS} FROM jobs WHERE {_IN_CLAIMABLE} AND priority = %(level)s AND run_at <= %(now)s"  # noqa: S608 - constant
+_DUE_TAIL = " ORDER BY run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+_SQL_DUE = _DUE_AT_LEVEL + _DUE_TAIL
+_SQL_DUE_TASKS = _DUE_AT_LEVEL + " AND task = ANY(%(tasks)s::text[])" + _DUE_TAIL
+_SQL_NEXT_RUN_AT = f"SELECT min(run_at) FROM jobs WHERE {_IN_CLAIMABLE}"  # noqa: S608 - constant
+_SQL_NEXT_RUN_AT_TASKS = _SQL_NEXT_RUN_AT + " AND task = ANY(%(tasks)s::text[])"
+_SQL_RENEW = (
+    "UPDATE jobs j SET lease_expires_at = %(expires)s FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS k(id, token) "
+    "WHERE j.id = k.id AND j.lease_token = k.token AND j.state = 'running' AND j.lease_owner = %(owner)s "
+    "RETURNING j.id, j.lease_token, j.cancel_requested"
 )
 _SQL_EXPIRED = (
     f"SELECT {_COLS} FROM jobs WHERE state = 'running' AND lease_expires_at <= %(now)s "  # noqa: S608 - constant identifiers only
     "ORDER BY lease_expires_at FOR UPDATE SKIP LOCKED"
 )
 _SQL_ALL_RUNNING = f"SELECT {_COLS} FROM jobs WHERE state = 'running' ORDER BY seq FOR UPDATE SKIP LOCKED"  # noqa: S608 - constant identifiers only
-_SQL_NEXT_RUN_AT = "SELECT min(run_at) FROM jobs WHERE state IN ('pending', 'retrying')"
-_SQL_NEXT_RUN_AT_TASKS = _SQL_NEXT_RUN_AT + " AND task = ANY(%(tasks)s::text[])"
-_SQL_COUNT = "SELECT state, count(*) FROM jobs GROUP BY state"
-_PRUNE_BATCH = 5000
+_SQL_COUNTS = "SELECT task, state, sum(n) FROM jobsvc_counts GROUP BY task, state HAVING sum(n) <> 0"
 _SQL_PRUNE = (
-    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs "
-    "WHERE state IN ('succeeded', 'dead', 'cancelled') AND finished_at < %(before)s LIMIT %(batch)s)"
+    f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {_IN_FINAL} "  # noqa: S608 - constant
+    "AND finished_at < %(before)s LIMIT %(batch)s)"
 )
 # list_jobs: constant fragments joined by constant code; values are parameters
 _LIST_BASE = f"SELECT {_COLS} FROM jobs WHERE true"  # noqa: S608 - constant identifiers only
@@ -213,6 +278,116 @@ _LIST_STATES = " AND state = ANY(%(states)s::text[])"
 _LIST_TASK = " AND task = %(task)s"
 _LIST_AFTER = " AND seq > %(after)s"
 _LIST_TAIL = " ORDER BY seq LIMIT %(limit)s"
+
+
+class _PgTx:
+    """The dialect: each primitive is one statement (or one pipelined round trip)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._notified = False
+
+    def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
+        params = [{c: v for c, v in job_to_row(job).items() if c != "seq"} for job in jobs]
+        stored: list[Job | None] = []
+        with self._conn.cursor() as cur:
+            cur.executemany(_SQL_INSERT, params, returning=True)  # pipelined: one round trip
+            while True:
+                row = cur.fetchone()
+                stored.append(None if row is None else job_from_row(row))
+                if not cur.nextset():
+                    break
+        if len(stored) != len(jobs):  # pragma: no cover - psycopg contract
+            raise RuntimeError("executemany returned an unexpected number of results")
+        return stored
+
+    def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
+        ids = [job.id for job in jobs]
+        keys = [job.idempotency_key for job in jobs if job.idempotency_key is not None]
+        rows = [job_from_row(r) for r in self._conn.execute(_SQL_EXISTING, {"ids": ids, "keys": keys})]
+        by_id = {j.id: j for j in rows}
+        by_key = {j.idempotency_key: j for j in rows if j.idempotency_key is not None}
+        return [by_id.get(job.id) or (by_key.get(job.idempotency_key) if job.idempotency_key else None) for job in jobs]
+
+    def get(self, job_id: str, *, lock: bool = False) -> Job | None:
+        row = self._conn.execute(_SQL_GET_FOR_UPDATE if lock else _SQL_GET, (job_id,)).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def update(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
+        if not pairs:
+            return []
+        columns: dict[str, list[Any]] = {name: [] for name, _ in _UNNEST}
+        for new, expected in pairs:
+            row = job_to_row(new)
+            columns["fence_id"].append(expected.id)
+            columns["fence_state"].append(expected.state.value)
+            columns["fence_token"].append(expected.lease_token)
+            columns["fence_cancel"].append(expected.cancel_requested)
+            for c in WRITABLE:
+                columns[c].append(row[c])
+        written = {r[0] for r in self._conn.execute(_SQL_UPDATE, columns)}
+        return [expected.id in written for _, expected in pairs]
+
+    def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
+        if tasks is not None and not tasks:
+            return []
+        params: dict[str, Any] = {"now": now}
+        query = _SQL_DUE
+        if tasks is not None:
+            query = _SQL_DUE_TASKS
+            params["tasks"] = list(tasks)
+        self._conn.execute(_SQL_CLAIM_PLAN)
+        found: list[Job] = []
+        level = self._conn.execute(_SQL_TOP_LEVEL).fetchone()
+        while level is not None and len(found) < limit:
+            params.update(level=level[0], limit=limit - len(found))
+            found.extend(job_from_row(r) for r in self._conn.execute(query, params))
+            level = self._conn.execute(_SQL_NEXT_LEVEL, (level[0],)).fetchone()
+        return found
+
+    def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:
+        if tasks is None:
+            row = self._conn.execute(_SQL_NEXT_RUN_AT).fetchone()
+        else:
+            row = self._conn.execute(_SQL_NEXT_RUN_AT_TASKS, {"tasks": list(tasks)}).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def running(self, *, expired_at: float | None) -> list[Job]:
+        if expired_at is None:
+            rows = self._conn.execute(_SQL_ALL_RUNNING).fetchall()
+        else:
+            rows = self._conn.execute(_SQL_EXPIRED, {"now": expired_at}).fetchall()
+        return [job_from_row(r) for r in rows]
+
+    def renew(self, *, owner: str, keys: Collection[AttemptKey], expires: float) -> dict[AttemptKey, bool]:
+        params = {"owner": owner, "expires": expires, "ids": [k[0] for k in keys], "tokens": [k[1] for k in keys]}
+        return {(job_id, int(token)): bool(cancel) for job_id, token, cancel in self._conn.execute(_SQL_RENEW, params)}
+
+    def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
+        query = _LIST_BASE
+        params: dict[str, Any] = {"limit": limit}
+        if states:
+            query += _LIST_STATES
+            params["states"] = [s.value for s in states]
+        if task is not None:
+            query += _LIST_TASK
+            params["task"] = task
+        if after is not None:
+            query += _LIST_AFTER
+            params["after"] = after
+        return [job_from_row(r) for r in self._conn.execute(query + _LIST_TAIL, params)]
+
+    def counts(self) -> Counts:
+        return Counts.from_rows(self._conn.execute(_SQL_COUNTS).fetchall())
+
+    def delete_finished(self, *, before: float, limit: int) -> int:
+        return self._conn.execute(_SQL_PRUNE, {"before": before, "batch": limit}).rowcount
+
+    def notify(self) -> None:
+        if not self._notified:  # delivered on commit; once per transaction is enough
+            self._conn.execute(_SQL_NOTIFY, (CHANNEL,))
+            self._notified = True
+
 
 # --------------------------------------------------------------------------- connections
 
@@ -351,8 +526,10 @@ class PostgresStore(Store):
         connect_timeout: int = CONNECT_TIMEOUT,
         pool_timeout: float = POOL_TIMEOUT,
         statement_timeout: float = STATEMENT_TIMEOUT,
+        fsync_interval: float = 1.0,
     ) -> None:
         self._url = url
+        self.fsync_interval = fsync_interval
         self._kwargs = _conn_kwargs(url, connect_timeout=connect_timeout, statement_timeout=statement_timeout)
         self._listen_kwargs = _conn_kwargs(url, connect_timeout=connect_timeout, statement_timeout=None)
         self._pool = ConnectionPool(
@@ -380,19 +557,28 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, durable: bool = True) -> T:
         """Run ``fn(conn)`` as one transaction in a worker thread (one hop)."""
         if self._closed:
             raise StoreUnavailable("the PostgreSQL store is closed")
+        relaxed = not durable and self.fsync_interval > 0
 
         def call() -> T:
             def tx() -> T:
                 with self._pool.connection() as conn:  # commits, or rolls back on error
+                    if relaxed:
+                        conn.execute("SET LOCAL synchronous_commit = off")
                     return fn(conn)
 
             return _guard(self._url, tx)
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
+
+    async def _write(self, fn: Callable[[Tx], T], *, durable: bool = False) -> T:
+        return await self._run(lambda conn: fn(_PgTx(conn)), durable=durable)
+
+    async def _read(self, fn: Callable[[Tx], T]) -> T:
+        return await self._run(lambda conn: fn(_PgTx(conn)))
 
     def _connect_listener(self) -> psycopg.Connection[Any]:
         """Blocking: a new autocommit connection that LISTENs on CHANNEL."""
@@ -508,217 +694,6 @@ class PostgresStore(Store):
             await self._wake.wait()
         self._pending_wake = False
 
-    # ------------------------------------------------------------------ the contract
-
-    async def insert(self, jobs: Sequence[Job]) -> list[InsertResult]:
-        if not jobs:
-            return []
-        params = [{c: v for c, v in to_row(job).items() if c != "seq"} for job in jobs]
-
-        def tx(conn: psycopg.Connection[Any]) -> list[InsertResult]:
-            with conn.cursor() as cur:
-                cur.executemany(_SQL_INSERT, params, returning=True)  # pipelined: one round trip
-                inserted: list[Job | None] = []
-                while True:
-                    row = cur.fetchone()
-                    inserted.append(None if row is None else from_row(row))
-                    if not cur.nextset():
-                        break
-            if len(inserted) != len(jobs):  # pragma: no cover - psycopg contract
-                raise RuntimeError("executemany returned an unexpected number of results")
-            clashes = [job for job, new in zip(jobs, inserted, strict=True) if new is None]
-            existing: list[Job] = []
-            if clashes:
-                ids = [job.id for job in clashes]
-                keys = [job.idempotency_key for job in clashes if job.idempotency_key is not None]
-                existing = [from_row(r) for r in conn.execute(_SQL_EXISTING, {"ids": ids, "keys": keys})]
-            by_id = {j.id: j for j in existing}
-            by_key = {j.idempotency_key: j for j in existing if j.idempotency_key is not None}
-            results = []
-            for job, new in zip(jobs, inserted, strict=True):
-                if new is not None:
-                    results.append(InsertResult(new, created=True))
-                    continue
-                found = by_id.get(job.id) or (by_key.get(job.idempotency_key) if job.idempotency_key else None)
-                if found is None:  # the clashing row vanished (pruned) between the two statements
-                    raise StoreUnavailable("a concurrent change got in the way of this insert; retry")
-                results.append(InsertResult(found, created=False))
-            check_conflicts(jobs, results)  # raising rolls the transaction back
-            if len(clashes) < len(jobs):
-                conn.execute(_SQL_NOTIFY, (CHANNEL,))
-            return results
-
-        return await self._run(tx)
-
-    async def get(self, job_id: str) -> Job | None:
-        def tx(conn: psycopg.Connection[Any]) -> Job | None:
-            row = conn.execute(_SQL_GET, (job_id,)).fetchone()
-            return None if row is None else from_row(row)
-
-        return await self._run(tx)
-
-    async def list_jobs(
-        self,
-        *,
-        states: Collection[JobState] = (),
-        task: str | None = None,
-        after: int | None = None,
-        limit: int = 100,
-    ) -> list[Job]:
-        query = _LIST_BASE
-        params: dict[str, Any] = {"limit": limit}
-        if states:
-            query += _LIST_STATES
-            params["states"] = [s.value for s in states]
-        if task is not None:
-            query += _LIST_TASK
-            params["task"] = task
-        if after is not None:
-            query += _LIST_AFTER
-            params["after"] = after
-        query += _LIST_TAIL
-
-        def tx(conn: psycopg.Connection[Any]) -> list[Job]:
-            return [from_row(r) for r in conn.execute(query, params)]
-
-        return await self._run(tx)
-
-    async def claim_due(
-        self,
-        *,
-        owner: str,
-        now: float,
-        lease: float,
-        limit: int,
-        tasks: Collection[str] | None = None,
-    ) -> list[Job]:
-        if limit <= 0:
-            return []
-        params: dict[str, Any] = {"owner": owner, "now": now, "expires": now + lease, "limit": limit}
-        query = _SQL_CLAIM_DUE
-        if tasks is not None:
-            query = _SQL_CLAIM_DUE_TASKS
-            params["tasks"] = list(tasks)
-
-        def tx(conn: psycopg.Connection[Any]) -> list[Job]:
-            with conn.pipeline():  # one round trip for both statements
-                conn.execute(_SQL_CLAIM_PLAN)
-                rows = conn.execute(query, params).fetchall()
-            claimed = [from_row(r) for r in rows]
-            claimed.sort(key=lambda j: (-j.priority, j.run_at, j.seq))  # RETURNING has no order
-            return claimed
-
-        return await self._run(tx)
-
-    async def claim(self, job_id: str, *, owner: str, now: float, lease: float) -> Job | None:
-        params = {"id": job_id, "owner": owner, "now": now, "expires": now + lease}
-
-        def tx(conn: psycopg.Connection[Any]) -> Job | None:
-            row = conn.execute(_SQL_CLAIM_ONE, params).fetchone()
-            return None if row is None else from_row(row)
-
-        return await self._run(tx)
-
-    @staticmethod
-    def _save_params(new: Job, expected: Job) -> dict[str, Any]:
-        row = to_row(new)
-        params = {c: row[c] for c in MUTABLE}
-        params.update(fence_id=expected.id, fence_state=expected.state.value, fence_token=expected.lease_token)
-        return params
-
-    async def save(self, new: Job, *, expected: Job) -> bool:
-        params = self._save_params(new, expected)
-        notify = new.state.value in _CLAIMABLE
-
-        def tx(conn: psycopg.Connection[Any]) -> bool:
-            written = conn.execute(_SQL_SAVE_FENCED, params).rowcount == 1
-            if written and notify:
-                conn.execute(_SQL_NOTIFY, (CHANNEL,))
-            return written
-
-        return await self._run(tx)
-
-    async def modify(self, job_id: str, change: Callable[[Job], Job]) -> Job:
-        def tx(conn: psycopg.Connection[Any]) -> Job:
-            row = conn.execute(_SQL_GET_FOR_UPDATE, (job_id,)).fetchone()
-            if row is None:
-                raise JobNotFound(f"no job has the id {job_id!r}")
-            old = from_row(row)
-            new = change(old)  # may raise (IllegalTransition): the pool rolls back
-            if new == old:
-                return old
-            written = conn.execute(_SQL_SAVE_FENCED, self._save_params(new, old)).rowcount
-            if written != 1:  # pragma: no cover - we hold the row lock
-                raise RuntimeError(f"job {job_id} changed under its row lock")
-            if new.state.value in _CLAIMABLE:
-                conn.execute(_SQL_NOTIFY, (CHANNEL,))
-            return new
-
-        return await self._run(tx)
-
-    async def heartbeat(self, *, owner: str, now: float, lease: float, job_ids: Collection[str]) -> dict[str, bool]:
-        ids = list(job_ids)
-        if not ids:
-            return {}
-        params = {"owner": owner, "expires": now + lease, "ids": ids}
-
-        def tx(conn: psycopg.Connection[Any]) -> dict[str, bool]:
-            return {job_id: bool(cancel) for job_id, cancel in conn.execute(_SQL_HEARTBEAT, params)}
-
-        return await self._run(tx)
-
-    async def rescue(self, *, now: float, max_rescues: int, expired_only: bool = True) -> list[Job]:
-        def tx(conn: psycopg.Connection[Any]) -> list[Job]:
-            if expired_only:
-                rows = conn.execute(_SQL_EXPIRED, {"now": now}).fetchall()
-            else:
-                rows = conn.execute(_SQL_ALL_RUNNING).fetchall()
-            if not rows:
-                return []
-            old = [from_row(r) for r in rows]
-            new = [models.rescue(job, now=now, max_rescues=max_rescues) for job in old]
-            with conn.cursor() as cur:
-                # fenced like every other write (River#1302), although we hold the row locks
-                cur.executemany(_SQL_SAVE_FENCED, [self._save_params(n, o) for n, o in zip(new, old, strict=True)])
-                if cur.rowcount != len(new):  # pragma: no cover - we hold the row locks
-                    raise RuntimeError("rescue: a locked row changed")
-            if any(job.state.value in _CLAIMABLE for job in new):
-                conn.execute(_SQL_NOTIFY, (CHANNEL,))
-            return new
-
-        return await self._run(tx)
-
-    async def next_run_at(self, *, tasks: Collection[str] | None = None) -> float | None:
-        def tx(conn: psycopg.Connection[Any]) -> float | None:
-            if tasks is None:
-                row = conn.execute(_SQL_NEXT_RUN_AT).fetchone()
-            else:
-                row = conn.execute(_SQL_NEXT_RUN_AT_TASKS, {"tasks": list(tasks)}).fetchone()
-            return None if row is None else row[0]
-
-        return await self._run(tx)
-
-    async def count_by_state(self) -> dict[JobState, int]:
-        def tx(conn: psycopg.Connection[Any]) -> dict[JobState, int]:
-            counts = dict.fromkeys(JobState, 0)
-            for state, n in conn.execute(_SQL_COUNT):
-                counts[JobState(state)] = int(n)
-            return counts
-
-        return await self._run(tx)
-
-    async def prune(self, *, finished_before: float) -> int:
-        def tx(conn: psycopg.Connection[Any]) -> int:
-            total = 0
-            while True:  # batches, each committed, so no statement runs long
-                n = conn.execute(_SQL_PRUNE, {"before": finished_before, "batch": _PRUNE_BATCH}).rowcount
-                conn.commit()
-                total += n
-                if n < _PRUNE_BATCH:
-                    return total
-
-        return await self._run(tx)
-
     async def ping(self) -> None:
         """Raise StoreUnavailable unless a pooled connection answers."""
 
@@ -746,6 +721,7 @@ async def open_postgres_store(
     connect_timeout: int = CONNECT_TIMEOUT,
     pool_timeout: float = POOL_TIMEOUT,
     statement_timeout: float = STATEMENT_TIMEOUT,
+    fsync_interval: float = 1.0,
 ) -> AsyncIterator[PostgresStore]:
     """Open a :class:`PostgresStore` (and its LISTEN task); close both on exit.
 
@@ -758,6 +734,7 @@ async def open_postgres_store(
         connect_timeout=connect_timeout,
         pool_timeout=pool_timeout,
         statement_timeout=statement_timeout,
+        fsync_interval=fsync_interval,
     )
     try:
         await store._open(migrate=migrate)

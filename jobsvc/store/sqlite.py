@@ -1,12 +1,25 @@
 """SQLite store: the embedded default.
 
-* WAL journal with ``synchronous=FULL``: a commit survives a power loss, not only a crash.
-* One writer connection, driven by one trio task (the *writer*). Every write is an
-  operation sent to the writer; the writer takes all operations waiting at that moment and
-  runs them in ONE transaction in ONE ``trio.to_thread.run_sync`` hop (group commit), each
-  inside its own SAVEPOINT so one failing operation does not undo the others. Callers wait
-  for the commit, so a submission is answered only once its job is on disk.
+Theory of operation
+-------------------
+* WAL journal. One writer connection, driven by one trio task (the *writer*). Every write
+  is an operation sent to the writer; the writer takes all operations waiting at that moment
+  and runs them in ONE transaction in ONE ``trio.to_thread.run_sync`` hop (group commit),
+  each inside its own SAVEPOINT so one failing operation does not undo the others. Callers
+  wait for the commit.
+* Durability per transaction. A batch holding a *durable* operation (a submission, a
+  client's cancel or redrive) commits with ``synchronous=FULL``: on disk, power loss
+  included, before anyone is answered. Worker-side batches (claims, outcomes, heartbeats)
+  commit with ``synchronous=NORMAL`` (no fsync), and the next batch after
+  ``fsync_interval`` seconds (or a checkpoint when idle) makes them durable too: WAL frames
+  are sequential, so a synced commit covers every commit before it. A crash of the process
+  loses nothing either way; ``fsync_interval=0`` syncs every commit.
 * Reads use a small pool of read connections, which WAL lets run beside the writer.
+* Claims take due jobs one priority level at a time, each level a range scan of the partial
+  index ``jobs_due (priority DESC, run_at, seq)`` that stops at the first job not yet due:
+  the cost does not grow with the backlog, nor with jobs scheduled for later.
+* Counts by task and state live in ``job_counts``, kept by triggers in the same
+  transactions as the changes, so reading them costs the same at any table size.
 * An exclusive ``flock`` on ``<db>.lock`` keeps a second jobsvc process off the same file:
   the store is *exclusive*, so at start-up every ``running`` job is an orphan.
 """
@@ -14,7 +27,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
@@ -24,36 +36,68 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from .. import models
-from ..errors import ConfigError, JobNotFound, StoreUnavailable
+from ..codec import JOB_FIELDS, job_from_row
+from ..errors import ConfigError, StoreUnavailable
 from ..models import Job, JobState
-from ._rows import COLUMNS, MUTABLE, from_row, to_row
-from .base import InsertResult, Store, check_conflicts
+from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE, insert_values, update_values
+from .base import AttemptKey, Counts, Store, Tx
 
-__all__ = ["SQLiteStore", "open_sqlite_store"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The most operations one group commit takes.
 MAX_BATCH = 512
 READERS = 2
 BUSY_TIMEOUT_MS = 5000
 
-_CLAIMABLE = tuple(sorted(s.value for s in models.sources(models.Event.CLAIM)))
-_COLS = ", ".join(COLUMNS)
+_COLS = ", ".join(JOB_FIELDS)
 _SELECT = f"SELECT {_COLS} FROM jobs"  # noqa: S608 - constant identifiers only
-_INSERT = f"INSERT OR IGNORE INTO jobs ({', '.join(c for c in COLUMNS if c != 'seq')}) VALUES ({', '.join('?' for c in COLUMNS if c != 'seq')})"  # noqa: S608
-_UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in MUTABLE)} WHERE id = ? AND state = ? AND lease_token = ?"  # noqa: S608
-_IN_CLAIMABLE = f"state IN ({', '.join('?' for _ in _CLAIMABLE)})"
+_IN_CLAIMABLE = f"state IN ({', '.join(repr(s) for s in CLAIMABLE_STATES)})"
+_INSERT = f"INSERT OR IGNORE INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join('?' for _ in INSERTED)})"  # noqa: S608
+_UPDATE = (
+    f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in WRITABLE)} "  # noqa: S608 - constant identifiers only
+    "WHERE id = ? AND state = ? AND lease_token = ? AND cancel_requested = ?"
+)
+_TOP_LEVEL = f"SELECT priority FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} ORDER BY priority DESC LIMIT 1"  # noqa: S608
+_NEXT_LEVEL = f"SELECT priority FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority < ? ORDER BY priority DESC LIMIT 1"  # noqa: S608
+_DUE_AT_LEVEL = f"{_SELECT} INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority = ? AND run_at <= ?"  # noqa: S608
+_RENEW = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'running' AND lease_token = ? AND lease_owner = ? RETURNING cancel_requested"
+_DELETE_FINISHED = (
+    "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished "  # noqa: S608 - constant
+    f"WHERE finished_at < ? AND state IN ({', '.join(repr(s) for s in FINAL_STATES)}) LIMIT ?)"
+)
 
-SCHEMA = """
+_COUNTS = """
+CREATE TABLE IF NOT EXISTS job_counts (
+    task  TEXT    NOT NULL,
+    state TEXT    NOT NULL,
+    n     INTEGER NOT NULL,
+    PRIMARY KEY (task, state)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN
+    INSERT INTO job_counts (task, state, n) VALUES (new.task, new.state, 1)
+        ON CONFLICT (task, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state ON jobs WHEN old.state IS NOT new.state BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE task = old.task AND state = old.state;
+    INSERT INTO job_counts (task, state, n) VALUES (new.task, new.state, 1)
+        ON CONFLICT (task, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE task = old.task AND state = old.state;
+END;
+CREATE INDEX IF NOT EXISTS jobs_due_run_at ON jobs (run_at) WHERE state IN ('pending', 'retrying');
+"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               TEXT    NOT NULL UNIQUE,
     task             TEXT    NOT NULL,
-    payload          TEXT    NOT NULL,
     state            TEXT    NOT NULL,
+    payload          TEXT    NOT NULL,
     priority         INTEGER NOT NULL DEFAULT 0,
     attempts         INTEGER NOT NULL DEFAULT 0,
     max_attempts     INTEGER NOT NULL,
@@ -66,11 +110,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     result           TEXT,
     errors           TEXT    NOT NULL DEFAULT '[]',
     idempotency_key  TEXT    UNIQUE,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     fingerprint      TEXT    NOT NULL DEFAULT '',
     lease_owner      TEXT,
     lease_token      INTEGER NOT NULL DEFAULT 0,
-    lease_expires_at REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    lease_expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, run_at, seq)
     WHERE state IN ('pending', 'retrying');
@@ -78,31 +122,118 @@ CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_task_seq ON jobs (task, seq);
 CREATE INDEX IF NOT EXISTS jobs_running ON jobs (lease_owner) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+{_COUNTS}
 """
 
-
-def _values(job: Job) -> tuple[Any, ...]:
-    row = to_row(job)
-    return tuple(int(row[c]) if c == "cancel_requested" else row[c] for c in COLUMNS if c != "seq")
-
-
-def _update_args(new: Job, expected: Job) -> tuple[Any, ...]:
-    row = to_row(new)
-    return (
-        *(int(row[c]) if c == "cancel_requested" else row[c] for c in MUTABLE),
-        expected.id,
-        expected.state.value,
-        expected.lease_token,
-    )
+#: Version 1 (jobsvc 0.1) -> 2: counts by task and state, kept by triggers; filled once here.
+_UPGRADE_1_TO_2 = f"""
+{_COUNTS}
+DELETE FROM job_counts;
+INSERT INTO job_counts (task, state, n) SELECT task, state, count(*) FROM jobs GROUP BY task, state;
+"""  # noqa: S608 - constant DDL
 
 
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
     return StoreUnavailable(f"the SQLite database is unavailable ({exc}); retry later")
 
 
+class _SQLiteTx:
+    """The dialect: each primitive is a few statements on one connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
+        stored: list[Job | None] = []
+        for job in jobs:
+            cur = self._conn.execute(_INSERT, insert_values(job))
+            stored.append(attrs.evolve(job, seq=int(cur.lastrowid or 0)) if cur.rowcount == 1 else None)
+        return stored
+
+    def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
+        found: list[Job | None] = []
+        for job in jobs:
+            row = self._conn.execute(
+                f"{_SELECT} WHERE id = ? OR idempotency_key = ? ORDER BY id = ? DESC LIMIT 1",  # noqa: S608
+                (job.id, job.idempotency_key, job.id),
+            ).fetchone()
+            found.append(None if row is None else job_from_row(row))
+        return found
+
+    def get(self, job_id: str, *, lock: bool = False) -> Job | None:
+        row = self._conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
+        return None if row is None else job_from_row(row)
+
+    def update(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
+        return [self._conn.execute(_UPDATE, update_values(new, expected)).rowcount == 1 for new, expected in pairs]
+
+    @staticmethod
+    def _task_filter(tasks: Collection[str]) -> str:
+        return f" AND task IN ({', '.join('?' for _ in tasks)})"
+
+    def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
+        if tasks is not None and not tasks:
+            return []
+        names = tuple(tasks or ())
+        sql = _DUE_AT_LEVEL + (self._task_filter(names) if tasks is not None else "") + " ORDER BY run_at, seq LIMIT ?"
+        found: list[Job] = []
+        level = self._conn.execute(_TOP_LEVEL).fetchone()
+        while level is not None and len(found) < limit:
+            rows = self._conn.execute(sql, (level[0], now, *names, limit - len(found))).fetchall()
+            found.extend(job_from_row(r) for r in rows)
+            level = self._conn.execute(_NEXT_LEVEL, level).fetchone()
+        return found
+
+    def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:
+        if tasks is not None and not tasks:
+            return None
+        names = tuple(tasks or ())
+        task_sql = self._task_filter(names) if tasks is not None else ""
+        sql = f"SELECT run_at FROM jobs INDEXED BY jobs_due_run_at WHERE {_IN_CLAIMABLE}{task_sql} ORDER BY run_at LIMIT 1"  # noqa: S608
+        row = self._conn.execute(sql, names).fetchone()
+        return None if row is None else float(row[0])
+
+    def running(self, *, expired_at: float | None) -> list[Job]:
+        if expired_at is None:
+            rows = self._conn.execute(f"{_SELECT} WHERE state = 'running' ORDER BY seq").fetchall()  # noqa: S608
+        else:
+            rows = self._conn.execute(f"{_SELECT} WHERE state = 'running' AND lease_expires_at <= ? ORDER BY seq", (expired_at,)).fetchall()  # noqa: S608
+        return [job_from_row(r) for r in rows]
+
+    def renew(self, *, owner: str, keys: Collection[AttemptKey], expires: float) -> dict[AttemptKey, bool]:
+        renewed = {}
+        for job_id, token in keys:
+            row = self._conn.execute(_RENEW, (expires, job_id, token, owner)).fetchone()
+            if row is not None:
+                renewed[(job_id, token)] = bool(row[0])
+        return renewed
+
+    def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
+        where: list[str] = ["seq > ?"]
+        args: list[object] = [after or 0]
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            args.extend(s.value for s in states)
+        if task is not None:
+            where.append("task = ?")
+            args.append(task)
+        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"  # noqa: S608 - placeholders only
+        return [job_from_row(r) for r in self._conn.execute(sql, (*args, limit))]
+
+    def counts(self) -> Counts:
+        return Counts.from_rows(self._conn.execute("SELECT task, state, n FROM job_counts WHERE n != 0").fetchall())
+
+    def delete_finished(self, *, before: float, limit: int) -> int:
+        return self._conn.execute(_DELETE_FINISHED, (before, limit)).rowcount
+
+    def notify(self) -> None:
+        pass
+
+
 @attrs.define
 class _Op:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[Tx], Any]
+    durable: bool
     done: trio.Event = attrs.field(factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -119,21 +250,26 @@ class SQLiteStore(Store):
     kind = "sqlite"
     exclusive = True
 
-    def __init__(self, path: str, writer: sqlite3.Connection, readers: list[sqlite3.Connection]) -> None:
+    def __init__(self, path: str, writer: sqlite3.Connection, readers: list[sqlite3.Connection], *, fsync_interval: float = 1.0) -> None:
         self.path = path
+        self.fsync_interval = fsync_interval
         self._writer = writer
         self._readers = readers
         self._read_limiter = trio.CapacityLimiter(len(readers))
         self._write_limiter = trio.CapacityLimiter(1)
         self._send, self._receive = trio.open_memory_channel[_Op](float("inf"))
-        #: Group-commit statistics: transactions and operations (for benchmarks and tests).
+        self._synchronous = "FULL"
+        #: trio time of the first commit not yet synced to disk (None: everything is synced)
+        self._unsynced_since: float | None = None
+        #: Group-commit statistics (benchmarks and tests): transactions, operations, syncs.
         self.commits = 0
         self.operations = 0
+        self.synced_commits = 0
 
     # -- plumbing ---------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        op = _Op(fn)
+    async def _write(self, fn: Callable[[Tx], T], *, durable: bool = False) -> T:
+        op = _Op(fn, durable)
         try:
             self._send.send_nowait(op)
         except trio.ClosedResourceError:
@@ -143,19 +279,37 @@ class SQLiteStore(Store):
             raise op.error
         return op.result  # type: ignore[no-any-return]
 
+    def _sync_due(self) -> bool:
+        return self._unsynced_since is not None and trio.current_time() - self._unsynced_since >= self.fsync_interval
+
     async def run_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer task: group-commits whatever operations are waiting."""
+        """The writer task: group-commits whatever operations are waiting; makes worker-side
+        commits durable within ``fsync_interval`` (a checkpoint when nothing else comes)."""
         task_status.started()
         async with self._receive:
-            async for op in self._receive:
+            while True:
+                op: _Op | None = None
+                try:
+                    if self._unsynced_since is None:
+                        op = await self._receive.receive()
+                    else:
+                        with trio.move_on_at(self._unsynced_since + self.fsync_interval):
+                            op = await self._receive.receive()
+                except trio.EndOfChannel:
+                    return  # closed and drained (closing the connection syncs the rest)
+                if op is None:  # idle past the interval: sync what is committed
+                    synced = await trio.to_thread.run_sync(self._checkpoint, limiter=self._write_limiter)
+                    self._unsynced_since = None if synced else trio.current_time()  # else: try again later
+                    continue
                 batch = [op]
                 while len(batch) < MAX_BATCH:
                     try:
                         batch.append(self._receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                durable = self.fsync_interval <= 0 or any(o.durable for o in batch) or self._sync_due()
                 try:
-                    await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._write_limiter)
+                    committed = await trio.to_thread.run_sync(self._run_batch, batch, durable, limiter=self._write_limiter)
                 except BaseException:  # pragma: no cover - a bug in _run_batch
                     for failed in batch:
                         failed.error = failed.error or StoreUnavailable("the store writer failed")
@@ -163,20 +317,40 @@ class SQLiteStore(Store):
                 finally:
                     for done in batch:
                         done.done.set()
+                if committed:
+                    if durable:
+                        self._unsynced_since = None
+                    elif self._unsynced_since is None:
+                        self._unsynced_since = trio.current_time()
 
-    def _run_batch(self, batch: list[_Op]) -> None:
-        conn = self._writer
+    def _checkpoint(self) -> bool:
+        """With synchronous=NORMAL, SQLite syncs the WAL before a checkpoint: every commit
+        is durable afterwards (and the WAL is copied back into the database)."""
         try:
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            return False
+        return True
+
+    def _run_batch(self, batch: list[_Op], durable: bool) -> bool:
+        """Run the batch in one transaction; True when it committed."""
+        conn = self._writer
+        mode = "FULL" if durable else "NORMAL"
+        try:
+            if mode != self._synchronous:
+                conn.execute(f"PRAGMA synchronous = {mode}")
+                self._synchronous = mode
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for op in batch:
                 op.error = _unavailable(exc)
-            return
+            return False
+        tx = _SQLiteTx(conn)
         try:
             for op in batch:
                 conn.execute("SAVEPOINT op")
                 try:
-                    op.result = op.fn(conn)
+                    op.result = op.fn(tx)
                 except sqlite3.OperationalError as exc:
                     op.error = _unavailable(exc)
                     conn.execute("ROLLBACK TO op")
@@ -194,11 +368,13 @@ class SQLiteStore(Store):
                 pass
             for op in batch:
                 op.error = _unavailable(exc)
-            return
+            return False
         self.commits += 1
         self.operations += len(batch)
+        self.synced_commits += durable
+        return True
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _read(self, fn: Callable[[Tx], T]) -> T:
         async with self._read_limiter:
             conn = self._readers.pop()
             try:
@@ -207,180 +383,15 @@ class SQLiteStore(Store):
                 self._readers.append(conn)
 
     @staticmethod
-    def _run_read(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    def _run_read(fn: Callable[[Tx], T], conn: sqlite3.Connection) -> T:
         try:
-            return fn(conn)
+            conn.execute("BEGIN")  # one snapshot for the whole read
+            try:
+                return fn(_SQLiteTx(conn))
+            finally:
+                conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             raise _unavailable(exc) from None
-
-    # -- the contract -----------------------------------------------------------------
-
-    async def insert(self, jobs: Sequence[Job]) -> list[InsertResult]:
-        def run(conn: sqlite3.Connection) -> list[InsertResult]:
-            results = []
-            for job in jobs:
-                cur = conn.execute(_INSERT, _values(job))
-                if cur.rowcount == 1:
-                    results.append(InsertResult(attrs.evolve(job, seq=int(cur.lastrowid or 0)), created=True))
-                    continue
-                row = conn.execute(f"{_SELECT} WHERE id = ? OR idempotency_key = ? ORDER BY id = ? DESC LIMIT 1", (job.id, job.idempotency_key, job.id)).fetchone()  # noqa: S608
-                results.append(InsertResult(from_row(row), created=False))
-            check_conflicts(jobs, results)  # raising rolls this operation back
-            return results
-
-        return await self._write(run)
-
-    async def get(self, job_id: str) -> Job | None:
-        def run(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
-            return None if row is None else from_row(row)
-
-        return await self._read(run)
-
-    async def list_jobs(
-        self,
-        *,
-        states: Collection[JobState] = (),
-        task: str | None = None,
-        after: int | None = None,
-        limit: int = 100,
-    ) -> list[Job]:
-        where: list[str] = ["seq > ?"]
-        args: list[object] = [after or 0]
-        if states:
-            where.append(f"state IN ({', '.join('?' for _ in states)})")
-            args.extend(s.value for s in states)
-        if task is not None:
-            where.append("task = ?")
-            args.append(task)
-        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"  # noqa: S608 - placeholders only
-
-        def run(conn: sqlite3.Connection) -> list[Job]:
-            return [from_row(r) for r in conn.execute(sql, (*args, limit))]
-
-        return await self._read(run)
-
-    @staticmethod
-    def _task_filter(tasks: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
-        if tasks is None:
-            return "", ()
-        names = tuple(tasks)
-        return f" AND task IN ({', '.join('?' for _ in names) or 'NULL'})", names
-
-    async def claim_due(
-        self,
-        *,
-        owner: str,
-        now: float,
-        lease: float,
-        limit: int,
-        tasks: Collection[str] | None = None,
-    ) -> list[Job]:
-        task_sql, task_args = self._task_filter(tasks)
-        sql = (
-            f"{_SELECT} WHERE {_IN_CLAIMABLE} AND run_at <= ?{task_sql} "  # noqa: S608
-            "ORDER BY priority DESC, run_at, seq LIMIT ?"
-        )
-
-        def run(conn: sqlite3.Connection) -> list[Job]:
-            claimed = []
-            for row in conn.execute(sql, (*_CLAIMABLE, now, *task_args, limit)).fetchall():
-                job = from_row(row)
-                new = models.claim(job, owner=owner, now=now, lease=lease)
-                conn.execute(_UPDATE, _update_args(new, job))
-                claimed.append(new)
-            return claimed
-
-        return await self._write(run)
-
-    async def claim(self, job_id: str, *, owner: str, now: float, lease: float) -> Job | None:
-        def run(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(f"{_SELECT} WHERE id = ? AND {_IN_CLAIMABLE} AND run_at <= ?", (job_id, *_CLAIMABLE, now)).fetchone()  # noqa: S608
-            if row is None:
-                return None
-            job = from_row(row)
-            new = models.claim(job, owner=owner, now=now, lease=lease)
-            conn.execute(_UPDATE, _update_args(new, job))
-            return new
-
-        return await self._write(run)
-
-    async def save(self, new: Job, *, expected: Job) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            return conn.execute(_UPDATE, _update_args(new, expected)).rowcount == 1
-
-        return await self._write(run)
-
-    async def modify(self, job_id: str, change: Callable[[Job], Job]) -> Job:
-        def run(conn: sqlite3.Connection) -> Job:
-            row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()  # noqa: S608
-            if row is None:
-                raise JobNotFound(f"no job has the id {job_id!r}")
-            job = from_row(row)
-            new = change(job)
-            if new is not job:
-                conn.execute(_UPDATE, _update_args(new, job))
-            return new
-
-        return await self._write(run)
-
-    async def heartbeat(self, *, owner: str, now: float, lease: float, job_ids: Collection[str]) -> dict[str, bool]:
-        ids = list(job_ids)
-        if not ids:
-            return {}
-
-        def run(conn: sqlite3.Connection) -> dict[str, bool]:
-            rows = conn.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE state = 'running' AND lease_owner = ? "
-                "AND id IN (SELECT value FROM json_each(?)) RETURNING id, cancel_requested",
-                (now + lease, owner, json.dumps(ids)),
-            ).fetchall()
-            return {job_id: bool(cancel) for job_id, cancel in rows}
-
-        return await self._write(run)
-
-    async def rescue(self, *, now: float, max_rescues: int, expired_only: bool = True) -> list[Job]:
-        sql = f"{_SELECT} WHERE state = 'running'" + (" AND lease_expires_at <= ?" if expired_only else "")  # noqa: S608
-        args = (now,) if expired_only else ()
-
-        def run(conn: sqlite3.Connection) -> list[Job]:
-            rescued = []
-            for row in conn.execute(sql, args).fetchall():
-                job = from_row(row)
-                new = models.rescue(job, now=now, max_rescues=max_rescues)
-                conn.execute(_UPDATE, _update_args(new, job))
-                rescued.append(new)
-            return rescued
-
-        return await self._write(run)
-
-    async def next_run_at(self, *, tasks: Collection[str] | None = None) -> float | None:
-        task_sql, task_args = self._task_filter(tasks)
-        sql = f"SELECT min(run_at) FROM jobs WHERE {_IN_CLAIMABLE}{task_sql}"  # noqa: S608
-
-        def run(conn: sqlite3.Connection) -> float | None:
-            value = conn.execute(sql, (*_CLAIMABLE, *task_args)).fetchone()[0]
-            return None if value is None else float(value)
-
-        return await self._read(run)
-
-    async def count_by_state(self) -> dict[JobState, int]:
-        def run(conn: sqlite3.Connection) -> dict[JobState, int]:
-            counts = dict.fromkeys(JobState, 0)
-            for state, n in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
-                counts[JobState(state)] = n
-            return counts
-
-        return await self._read(run)
-
-    async def prune(self, *, finished_before: float) -> int:
-        finals = tuple(s.value for s in models.FINAL_STATES)
-        sql = f"DELETE FROM jobs WHERE finished_at < ? AND state IN ({', '.join('?' for _ in finals)})"  # noqa: S608
-
-        def run(conn: sqlite3.Connection) -> int:
-            return conn.execute(sql, (finished_before, *finals)).rowcount
-
-        return await self._write(run)
 
     async def aclose(self) -> None:
         self._send.close()
@@ -404,11 +415,7 @@ def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connec
         mode = writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":  # pragma: no cover - only on filesystems without shared memory
             raise ConfigError(f"SQLite refused WAL mode for {path!r} (got {mode!r})")
-        version = writer.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise ConfigError(f"{path!r} has schema version {version}, newer than this jobsvc ({SCHEMA_VERSION}); upgrade jobsvc")
-        writer.executescript(SCHEMA)
-        writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        _migrate(writer, path)
         readers = [_connect(path) for _ in range(READERS)]
     except sqlite3.Error as exc:
         os.close(lock_fd)
@@ -419,17 +426,29 @@ def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connec
     return lock_fd, writer, readers
 
 
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create the schema, or bring an older one up to SCHEMA_VERSION, in one transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"{path!r} has schema version {version}, newer than this jobsvc ({SCHEMA_VERSION}); upgrade jobsvc")
+    if version == SCHEMA_VERSION:
+        return
+    has_jobs = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
+    script = _UPGRADE_1_TO_2 if (version == 1 and has_jobs) else SCHEMA
+    conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+
+
 @asynccontextmanager
-async def open_sqlite_store(path: str) -> AsyncIterator[SQLiteStore]:
+async def open_sqlite_store(path: str, *, fsync_interval: float = 1.0) -> AsyncIterator[SQLiteStore]:
     lock_fd, writer, readers = await trio.to_thread.run_sync(_open_files, path)
     try:
-        store = SQLiteStore(path, writer, readers)
+        store = SQLiteStore(path, writer, readers, fsync_interval=fsync_interval)
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run_writer)
             try:
                 yield store
             finally:
-                await store.aclose()  # the writer drains what was sent, then ends
+                await store.aclose()  # the writer drains what was sent, syncs, then ends
     finally:
         for conn in (writer, *readers):
             conn.close()

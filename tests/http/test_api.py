@@ -106,6 +106,7 @@ async def test_post_jobs_returns_202_location_and_the_public_job(
         "attempts": 0,
         "max_attempts": 5,
         "rescues": 0,
+        "timeout": None,
         "run_at": now_iso(clock, 10),
         "created_at": now_iso(clock),
         "updated_at": now_iso(clock),
@@ -480,7 +481,7 @@ async def test_ready_then_503_while_draining_and_submissions_503(client: httpx.A
     r = await client.get("/ready")
     assert r.status_code == 200
     assert r.json() == {
-        "status": "ready", "reason": "ok", "workers": 2, "busy_workers": 0, "channel_buffered": 0,
+        "status": "ready", "reason": "ok", "workers": 2, "busy_workers": 0, "channel_buffered": 0, "recording": 0,
         "draining": False, "owner": "test-owner", "store": "memory",
     }
     service.begin_shutdown()
@@ -814,7 +815,7 @@ async def test_handler_bug_is_500_problem_without_traceback(
     async def broken(job_id: str) -> None:
         raise RuntimeError("secret internal detail in /srv/jobsvc/store.py")
 
-    monkeypatch.setattr(service.store, "get", broken)
+    monkeypatch.setattr(service, "get", broken)
     r = await client.get("/jobs/anything")
     problem = assert_problem(r, 500, "internal-error")
     assert problem == {

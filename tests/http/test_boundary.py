@@ -18,7 +18,6 @@ from urllib.parse import quote
 import attrs
 import httpx
 import pytest
-import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +25,7 @@ from jobsvc.app import create_app
 from jobsvc.clock import TrioClock
 from jobsvc.config import Settings
 from jobsvc.metrics import PrometheusObserver
-from jobsvc.service import JobService
+from jobsvc.service import open_service
 from jobsvc.store import MemoryStore
 from jobsvc.tasks import Registry
 
@@ -78,21 +77,19 @@ def env(registry: Registry, settings: Settings, clock: TrioClock) -> Env:
 @asynccontextmanager
 async def running_client(env: Env) -> AsyncIterator[httpx.AsyncClient]:
     """A running JobService (memory store, the test settings) and a client for its app."""
-    async with trio.open_nursery() as nursery:
-        service = JobService(
-            store=MemoryStore(),
-            registry=env.registry,
-            settings=env.settings,
-            clock=env.clock,
-            rng=lambda low, high: high,
-            owner="test-owner",
-            observer=PrometheusObserver(),
-        )
-        await nursery.start(service.run)
+    async with open_service(
+        env.settings,
+        store=MemoryStore(),
+        registry=env.registry,
+        clock=env.clock,
+        rng=lambda low, high: high,
+        owner="test-owner",
+        observer=PrometheusObserver(),
+    ) as service:
         transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
             yield client
-        nursery.cancel_scope.cancel()
+        service.force_stop()
 
 
 def assert_not_a_server_error(r: httpx.Response) -> None:

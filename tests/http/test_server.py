@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -48,7 +47,7 @@ async def test_run_service_serves_runs_and_drains(tmp_path: Path, nursery: trio.
     async with open_store(settings.db) as store:
         stored = await store.get(slow["id"])
         assert stored is not None and (stored.state, stored.attempts) == (JobState.PENDING, 0)
-        assert (await store.count_by_state())[JobState.RUNNING] == 0
+        assert (await store.counts()).by_state()[JobState.RUNNING] == 0
 
 
 def test_hypercorn_config_follows_the_settings() -> None:
@@ -96,26 +95,47 @@ async def test_serve_twice_on_one_sqlite_file_is_refused(tmp_path: Path) -> None
 
 
 
-async def test_asgi_app_under_hypercorn_runs_jobs_in_its_lifespan(tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
-    """jobsvc.asgi:app (for `hypercorn --worker-class trio`) starts the store and workers in
-    the ASGI lifespan from JOBSVC_* variables, runs jobs, and drains at lifespan shutdown."""
+async def test_asgi_app_under_hypercorn_runs_jobs_and_drains_in_its_lifespan(tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> None:
+    """jobsvc.asgi:app (for `hypercorn --worker-class trio`) opens the service in the ASGI
+    lifespan from JOBSVC_* variables and runs jobs; at lifespan shutdown it drains: a job
+    still running after JOBSVC_GRACE is released (pending, no attempt burnt), and hypercorn
+    returns only once that is written."""
     import hypercorn.trio
     from hypercorn.config import Config
 
     from jobsvc import asgi
+    from jobsvc.store import open_store
 
-    monkeypatch.setenv("JOBSVC_DB", f"sqlite:///{tmp_path / 'asgi.db'}")
+    db = f"sqlite:///{tmp_path / 'asgi.db'}"
+    monkeypatch.setenv("JOBSVC_DB", db)
     monkeypatch.setenv("JOBSVC_TASKS", "testtasks")
+    monkeypatch.setenv("JOBSVC_GRACE", "0.5")
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
+    app = asgi.JobsvcASGI()
     shutdown = trio.Event()
+    served = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]
+        finally:
+            served.set()
+
     with trio.fail_after(20):
-        binds = await nursery.start(partial(hypercorn.trio.serve, asgi.app, config, shutdown_trigger=shutdown.wait))
+        binds = await nursery.start(serve)
         async with httpx.AsyncClient(base_url=binds[0]) as client:
             job = (await client.post("/jobs", json={"task": "nap", "payload": {"seconds": 0.01}})).json()
             done = (await client.get(f"/jobs/{job['id']}", params={"wait": 10})).json()
             assert (done["state"], done["result"]) == ("succeeded", {"slept": 0.01})
+            slow = (await client.post("/jobs", json={"task": "nap", "payload": {"seconds": 60}})).json()
+            while (await client.get(f"/jobs/{slow['id']}")).json()["state"] != "running":  # noqa: ASYNC110 - polling a real server, bounded by fail_after
+                await trio.sleep(0.01)
         shutdown.set()
-        service = asgi.app.state.service
-        await service.stopped.wait()
+        await served.wait()
+    assert app.app is None  # the service is closed
+    async with open_store(db) as store:
+        released = await store.get(slow["id"])
+        assert released is not None and (released.state, released.attempts, released.lease_owner) == (JobState.PENDING, 0, None)
+        assert (await store.counts()).by_state()[JobState.RUNNING] == 0

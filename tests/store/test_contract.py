@@ -12,8 +12,9 @@ import trio
 
 from jobsvc import models
 from jobsvc.errors import Conflict, IllegalTransition, JobNotFound
-from jobsvc.models import ErrorRecord, Job, JobState
-from jobsvc.store import Store
+from jobsvc.models import Cancelled, ErrorRecord, Failed, Job, JobState, Released, Succeeded
+from jobsvc.store import Finished, Store
+from jobsvc.store import base as store_base
 
 NOW = 1_000_000.0
 
@@ -32,13 +33,19 @@ def new_job(job_id: str, **changes: object) -> Job:
     return attrs.evolve(base, **changes)
 
 
+def claimed(job_id: str, *, owner: str = "w", now: float = NOW, lease: float = 30, **changes: object) -> Job:
+    """A job as a claim at insert writes it: already running, leased to ``owner``."""
+    return models.claim(new_job(job_id, **changes), owner=owner, now=now, lease=lease)
+
+
 def same(a: Job, b: Job) -> bool:
     return attrs.evolve(a, seq=0) == attrs.evolve(b, seq=0)
 
 
 async def test_insert_then_get_round_trips_every_field(store: Store) -> None:
     """A stored job reads back equal, with a store-assigned seq."""
-    job = new_job("a", priority=5, timeout=2.5, idempotency_key="k-a", result=None)
+    error = ErrorRecord.make(attempt=1, at=NOW - 1, type="Boom", message="it broke \u2603")
+    job = new_job("a", priority=5, timeout=2.5, idempotency_key="k-a", errors=(error,), rescues=1, cancel_requested=False)
     [result] = await store.insert([job])
     assert result.created and result.job.seq > 0
     got = await store.get("a")
@@ -56,6 +63,19 @@ async def test_insert_batch_keeps_order_and_seq_increases(store: Store) -> None:
     assert [r.job.id for r in results] == [f"b{i}" for i in range(5)]
     seqs = [r.job.seq for r in results]
     assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+async def test_a_job_claimed_at_insert_is_stored_running(store: Store) -> None:
+    """The claim at insert: a job that arrives already claimed is written as it is (one
+    write), leased to its claimer, and is not claimable again."""
+    job = claimed("ci", owner="me", lease=10)
+    [result] = await store.insert([job])
+    assert result.created and same(result.job, job)
+    stored = await store.get("ci")
+    assert stored is not None and (stored.state, stored.lease_owner, stored.lease_token, stored.lease_expires_at) == (
+        JobState.RUNNING, "me", 1, NOW + 10,
+    )
+    assert (await store.claim(owner="other", now=NOW, lease=10, limit=5)).jobs == []
 
 
 async def test_duplicate_id_returns_the_stored_job(store: Store) -> None:
@@ -82,15 +102,23 @@ async def test_duplicates_inside_one_batch(store: Store) -> None:
 @pytest.mark.parametrize("clash", ["id", "key"])
 async def test_a_conflicting_batch_inserts_nothing(store: Store, clash: str) -> None:
     """Same id or key with another body (fingerprint): Conflict, and the batch's other
-    jobs are not inserted either."""
+    jobs are not inserted either (nor counted)."""
     await store.insert([new_job("c0", idempotency_key="k", fingerprint="one")])
     other = new_job("c0", fingerprint="two") if clash == "id" else new_job("c9", idempotency_key="k", fingerprint="two")
     with pytest.raises(Conflict, match="different body"):
         await store.insert([new_job("fresh"), other])
     assert await store.get("fresh") is None
     assert [j.id for j in await store.list_jobs()] == ["c0"]
+    assert (await store.counts()).by_state()[JobState.PENDING] == 1
     [later] = await store.insert([new_job("fresh")])
     assert later.created
+
+
+async def test_find_names_the_holders_of_ids_and_keys(store: Store) -> None:
+    """find: for each job, the stored job holding its id, else its key, else None."""
+    await store.insert([new_job("f1", idempotency_key="key-1")])
+    found = await store.find([new_job("f1"), new_job("other", idempotency_key="key-1"), new_job("new")])
+    assert [j.id if j else None for j in found] == ["f1", "f1", None]
 
 
 async def test_list_filters_and_paginates_by_seq(store: Store) -> None:
@@ -107,8 +135,8 @@ async def test_list_filters_and_paginates_by_seq(store: Store) -> None:
     assert [j.id for j in await store.list_jobs(states=[JobState.DEAD, JobState.PENDING], task="odd")] == ["l1", "l3", "l5"]
 
 
-async def test_claim_due_order_limit_and_equivalence_with_models(store: Store) -> None:
-    """claim_due takes due jobs by priority, then run_at, then seq, exactly as models.claim."""
+async def test_claim_order_limit_and_equivalence_with_models(store: Store) -> None:
+    """claim takes due jobs by priority, then run_at, then seq, exactly as models.claim."""
     jobs = [
         new_job("low-early", run_at=NOW - 10),
         new_job("high", priority=5, run_at=NOW - 1),
@@ -117,83 +145,114 @@ async def test_claim_due_order_limit_and_equivalence_with_models(store: Store) -
         new_job("retrying", state=JobState.RETRYING, run_at=NOW - 5, attempts=1, lease_token=1),
     ]
     await store.insert(jobs)
-    claimed = await store.claim_due(owner="w1", now=NOW, lease=30, limit=3)
-    assert [j.id for j in claimed] == ["high", "low-early", "low-late"]
+    first = await store.claim(owner="w1", now=NOW, lease=30, limit=3)
+    assert [j.id for j in first.jobs] == ["high", "low-early", "low-late"]
+    assert first.next_run_at is None  # a full claim: there may be more
     by_id = {j.id: j for j in jobs}
-    for job in claimed:
+    for job in first.jobs:
         assert same(job, models.claim(by_id[job.id], owner="w1", now=NOW, lease=30))
         stored = await store.get(job.id)
         assert stored is not None and same(stored, job)
-    rest = await store.claim_due(owner="w2", now=NOW, lease=30, limit=10)
-    assert [j.id for j in rest] == ["retrying"]
-    assert rest[0].attempts == 2 and rest[0].lease_token == 2
-    assert await store.claim_due(owner="w2", now=NOW, lease=30, limit=10) == []
+    rest = await store.claim(owner="w2", now=NOW, lease=30, limit=10)
+    assert [j.id for j in rest.jobs] == ["retrying"]
+    assert rest.jobs[0].attempts == 2 and rest.jobs[0].lease_token == 2
+    assert rest.next_run_at == NOW + 60  # fewer than asked: when the next one is due
+    assert (await store.claim(owner="w2", now=NOW, lease=30, limit=10)).jobs == []
 
 
-async def test_claim_due_filters_by_task(store: Store) -> None:
+async def test_claim_walks_priority_levels_past_jobs_not_yet_due(store: Store) -> None:
+    """A higher priority level holding only jobs scheduled for later does not hide the due
+    jobs of the levels below it, and within a level the order is run_at, then seq."""
+    await store.insert(
+        [new_job(f"later-{i}", priority=7, run_at=NOW + 100 + i) for i in range(5)]
+        + [new_job("mid", priority=3, run_at=NOW - 1), new_job("low-b", run_at=NOW - 2), new_job("low-a", run_at=NOW - 3)]
+        + [new_job(f"low-later-{i}", run_at=NOW + 50) for i in range(3)]
+    )
+    got = await store.claim(owner="w", now=NOW, lease=30, limit=10)
+    assert [j.id for j in got.jobs] == ["mid", "low-a", "low-b"]
+    assert got.next_run_at == NOW + 50
+
+
+async def test_claim_filters_by_task(store: Store) -> None:
     """Only jobs of the given tasks are claimed; an empty task set claims nothing."""
     await store.insert([new_job("a", task="mine"), new_job("b", task="theirs")])
-    assert await store.claim_due(owner="w", now=NOW, lease=30, limit=10, tasks=[]) == []
-    assert [j.id for j in await store.claim_due(owner="w", now=NOW, lease=30, limit=10, tasks=["mine"])] == ["a"]
-
-
-async def test_claim_one_job(store: Store) -> None:
-    """claim(id) takes a due waiting job once; not-due, running or unknown jobs give None."""
-    await store.insert([new_job("c"), new_job("later", run_at=NOW + 5)])
-    got = await store.claim("c", owner="w", now=NOW, lease=10)
-    assert got is not None and got.state is JobState.RUNNING and got.lease_expires_at == NOW + 10
-    assert await store.claim("c", owner="w2", now=NOW, lease=10) is None
-    assert await store.claim("later", owner="w", now=NOW, lease=10) is None
-    assert await store.claim("missing", owner="w", now=NOW, lease=10) is None
+    assert (await store.claim(owner="w", now=NOW, lease=30, limit=10, tasks=[])).jobs == []
+    assert [j.id for j in (await store.claim(owner="w", now=NOW, lease=30, limit=10, tasks=["mine"])).jobs] == ["a"]
 
 
 async def test_concurrent_claimers_never_share_a_job(store: Store) -> None:
-    """Many claimers at once: every job is claimed exactly once."""
+    """Many claimers at once, really overlapping: every job is claimed exactly once."""
     await store.insert([new_job(f"p{i}") for i in range(60)])
     got: list[str] = []
+    in_flight = most = 0
 
     async def claimer(owner: str) -> None:
-        while batch := await store.claim_due(owner=owner, now=NOW, lease=30, limit=4):
-            got.extend(j.id for j in batch)
+        nonlocal in_flight, most
+        while True:
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                batch = await store.claim(owner=owner, now=NOW, lease=30, limit=4)
+            finally:
+                in_flight -= 1
+            if not batch.jobs:
+                return
+            got.extend(j.id for j in batch.jobs)
 
     async with trio.open_nursery() as nursery:
         for i in range(6):
             nursery.start_soon(claimer, f"w{i}")
+    assert most >= 2  # the claims did overlap
     assert sorted(got) == sorted(f"p{i}" for i in range(60))
 
 
-async def test_save_is_fenced_on_state_and_token(store: Store) -> None:
-    """save writes only if the row still has the expected state and lease token."""
-    await store.insert([new_job("f")])
-    first = await store.claim("f", owner="w1", now=NOW, lease=1)
-    assert first is not None
-    # The lease expires, the job is rescued and claimed again by another worker.
+async def test_record_writes_each_outcome(store: Store) -> None:
+    """record: success, a failure to retry, a permanent failure, a cancel and a release, in
+    one call, each as models.conclude computes it."""
+    jobs = [claimed(f"r{i}") for i in range(5)]
+    await store.insert(jobs)
+    outcomes: list[models.Outcome] = [Succeeded({"ok": 1}), Failed("Boom", "it broke"), Failed("Bad", "never", permanent=True), Cancelled(), Released()]
+    finished = [Finished(job, outcome, NOW + 1, delay=2.5) for job, outcome in zip(jobs, outcomes, strict=True)]
+    written = await store.record(finished)
+    expected = [models.conclude(f.job, f.outcome, now=f.at, delay=2.5) for f in finished]
+    assert [j.state if j else None for j in written] == [
+        JobState.SUCCEEDED, JobState.RETRYING, JobState.DEAD, JobState.CANCELLED, JobState.PENDING,
+    ]
+    for want, got in zip(expected, written, strict=True):
+        stored = await store.get(want.id)
+        assert got is not None and stored is not None and same(got, want) and same(stored, want)
+    retrying = await store.get("r1")
+    assert retrying is not None and retrying.run_at == NOW + 3.5 and retrying.errors[0].type == "Boom"
+
+
+async def test_record_is_fenced_on_the_attempt(store: Store) -> None:
+    """A late outcome of an attempt whose job was rescued and claimed again is refused and
+    changes nothing; the current attempt's outcome is written."""
+    [first] = [r.job for r in await store.insert([claimed("f", lease=1)])]
     [rescued] = await store.rescue(now=NOW + 2, max_rescues=3)
-    second = await store.claim("f", owner="w2", now=NOW + 2, lease=30)
-    assert second is not None and second.lease_token == first.lease_token + 1
-    # The first worker's late completion is refused and changes nothing.
-    assert not await store.save(models.succeed(first, result="late", now=NOW + 3), expected=first)
+    second = (await store.claim(owner="w2", now=NOW + 2, lease=30, limit=1)).jobs[0]
+    assert second.lease_token == first.lease_token + 1 and rescued.rescues == 1
+    assert await store.record([Finished(first, Succeeded("late"), NOW + 3)]) == [None]
     stored = await store.get("f")
     assert stored is not None and same(stored, second)
-    # The current owner's completion is written.
-    done = models.succeed(second, result="ok", now=NOW + 4)
-    assert await store.save(done, expected=second)
-    stored = await store.get("f")
-    assert stored is not None and same(stored, done)
-    assert rescued.rescues == 1
+    [done] = await store.record([Finished(second, Succeeded("ok"), NOW + 4)])
+    assert done is not None and done.result == "ok" and done.state is JobState.SUCCEEDED
 
 
-async def test_save_of_failure_writes_errors_and_run_at(store: Store) -> None:
-    """A failed attempt's error history and next run time persist."""
-    await store.insert([new_job("e")])
-    running = await store.claim("e", owner="w", now=NOW, lease=30)
-    assert running is not None
-    error = ErrorRecord.make(attempt=1, at=NOW + 1, type="Boom", message="it broke \u2603")
-    failed = models.fail(running, error=error, now=NOW + 1, delay=2.5)
-    assert await store.save(failed, expected=running)
-    stored = await store.get("e")
-    assert stored is not None and stored.errors == (error,) and stored.run_at == NOW + 3.5
-    assert stored.state is JobState.RETRYING and stored.lease_owner is None
+async def test_a_cancel_requested_during_the_attempt_wins_over_its_retry(store: Store) -> None:
+    """The outcome was computed from the job as claimed; a client asked to cancel meanwhile:
+    the failure that would retry ends the job cancelled (with its error kept), and a
+    success stays a success."""
+    a, b = claimed("ca"), claimed("cb")
+    await store.insert([a, b])
+    for job_id in ("ca", "cb"):
+        flagged = await store.modify(job_id, lambda j: models.request_cancel(j, now=NOW + 1))
+        assert flagged.state is JobState.RUNNING and flagged.cancel_requested
+    retried, succeeded = await store.record([Finished(a, Failed("Boom", "x"), NOW + 2, delay=5), Finished(b, Succeeded(1), NOW + 2)])
+    assert retried is not None and (retried.state, retried.errors[-1].type, retried.cancel_requested) == (JobState.CANCELLED, "Boom", False)
+    assert succeeded is not None and succeeded.state is JobState.SUCCEEDED
+    stored = await store.get("ca")
+    assert stored is not None and stored.state is JobState.CANCELLED
 
 
 async def test_modify_applies_a_transition_atomically(store: Store) -> None:
@@ -216,38 +275,43 @@ async def test_modify_that_raises_changes_nothing(store: Store) -> None:
     assert stored is not None and stored.state is JobState.PENDING and stored.updated_at == NOW
 
 
-async def test_cancel_request_on_running_job_is_seen_by_heartbeat(store: Store) -> None:
-    """heartbeat extends the owner's leases and reports the ones asked to cancel."""
-    await store.insert([new_job("h1"), new_job("h2"), new_job("h3")])
-    await store.claim("h1", owner="me", now=NOW, lease=10)
-    await store.claim("h2", owner="me", now=NOW, lease=10)
-    await store.claim("h3", owner="other", now=NOW, lease=10)
-    flagged = await store.modify("h2", lambda j: models.request_cancel(j, now=NOW + 1))
-    assert flagged.state is JobState.RUNNING and flagged.cancel_requested
-    renewed = await store.heartbeat(owner="me", now=NOW + 5, lease=10, job_ids=["h1", "h2", "h3", "gone"])
-    assert renewed == {"h1": False, "h2": True}
+async def test_heartbeat_renews_attempts_and_reports_cancel_requests(store: Store) -> None:
+    """heartbeat extends the leases of the attempts named, owned by the caller, and reports
+    the ones a client asked to cancel."""
+    await store.insert([claimed("h1", owner="me", lease=10), claimed("h2", owner="me", lease=10), claimed("h3", owner="other", lease=10)])
+    await store.modify("h2", lambda j: models.request_cancel(j, now=NOW + 1))
+    renewed = await store.heartbeat(owner="me", now=NOW + 5, lease=10, held=[("h1", 1), ("h2", 1), ("h3", 1), ("gone", 1)])
+    assert renewed == {("h1", 1): False, ("h2", 1): True}
     h1, h3 = await store.get("h1"), await store.get("h3")
     assert h1 is not None and h1.lease_expires_at == NOW + 15
     assert h3 is not None and h3.lease_expires_at == NOW + 10
-    assert await store.heartbeat(owner="me", now=NOW + 6, lease=10, job_ids=[]) == {}
+    assert await store.heartbeat(owner="me", now=NOW + 6, lease=10, held=[]) == {}
 
 
-async def test_heartbeat_renews_only_the_jobs_named(store: Store) -> None:
+async def test_heartbeat_does_not_renew_an_attempt_whose_job_was_claimed_again(store: Store) -> None:
+    """The job of attempt (id, 1) was rescued and claimed again by the same owner (token 2):
+    a heartbeat for (id, 1) does not renew it, so the old attempt learns it lost its job."""
+    await store.insert([claimed("again", owner="me", lease=1)])
+    await store.rescue(now=NOW + 2, max_rescues=3)
+    second = (await store.claim(owner="me", now=NOW + 2, lease=30, limit=1)).jobs[0]
+    assert second.lease_token == 2
+    assert await store.heartbeat(owner="me", now=NOW + 3, lease=30, held=[("again", 1)]) == {}
+    assert await store.heartbeat(owner="me", now=NOW + 3, lease=30, held=[("again", 2)]) == {("again", 2): False}
+
+
+async def test_heartbeat_renews_only_the_attempts_named(store: Store) -> None:
     """A running job of the owner that the process no longer holds is not renewed: its lease
     lapses and it can be rescued."""
-    await store.insert([new_job("held"), new_job("forgotten")])
-    await store.claim("held", owner="me", now=NOW, lease=10)
-    await store.claim("forgotten", owner="me", now=NOW, lease=10)
-    assert await store.heartbeat(owner="me", now=NOW + 8, lease=10, job_ids=["held"]) == {"held": False}
+    await store.insert([claimed("held", owner="me", lease=10), claimed("forgotten", owner="me", lease=10)])
+    assert await store.heartbeat(owner="me", now=NOW + 8, lease=10, held=[("held", 1)]) == {("held", 1): False}
     rescued = await store.rescue(now=NOW + 11, max_rescues=3)
     assert [j.id for j in rescued] == ["forgotten"]
 
 
 async def test_rescue_takes_back_only_expired_leases(store: Store) -> None:
-    """rescue: expired leases go back to pending (rescues+1); live leases stay."""
-    await store.insert([new_job("old"), new_job("live")])
-    await store.claim("old", owner="gone", now=NOW, lease=5)
-    await store.claim("live", owner="alive", now=NOW + 4, lease=5)
+    """rescue: expired leases go back to pending (rescues+1, the attempt handed back); live
+    leases stay."""
+    await store.insert([claimed("old", owner="gone", lease=5), claimed("live", owner="alive", now=NOW + 4, lease=5)])
     rescued = await store.rescue(now=NOW + 6, max_rescues=3)
     assert [(j.id, j.state, j.rescues, j.attempts) for j in rescued] == [("old", JobState.PENDING, 1, 0)]
     live = await store.get("live")
@@ -256,51 +320,79 @@ async def test_rescue_takes_back_only_expired_leases(store: Store) -> None:
 
 async def test_rescue_all_at_startup_of_an_exclusive_store(store: Store) -> None:
     """expired_only=False takes back every running job, whatever its lease."""
-    await store.insert([new_job("s1"), new_job("s2")])
-    await store.claim("s1", owner="x", now=NOW, lease=1000)
+    await store.insert([claimed("s1", owner="x", lease=1000), new_job("s2")])
     rescued = await store.rescue(now=NOW + 1, max_rescues=3, expired_only=False)
     assert [j.id for j in rescued] == ["s1"]
 
 
 async def test_rescued_too_often_goes_to_the_dead_letter_queue(store: Store) -> None:
     """The max_rescues-th rescue makes the job dead with WorkerLost."""
-    await store.insert([new_job("poison", rescues=2)])
-    await store.claim("poison", owner="x", now=NOW, lease=1)
+    await store.insert([claimed("poison", lease=1, rescues=2)])
     [dead] = await store.rescue(now=NOW + 2, max_rescues=3)
     assert dead.state is JobState.DEAD and dead.errors[-1].type == "WorkerLost"
     stored = await store.get("poison")
     assert stored is not None and stored.state is JobState.DEAD and stored.finished_at == NOW + 2
 
 
+async def test_a_rescued_job_that_a_client_asked_to_cancel_is_cancelled(store: Store) -> None:
+    """A cancel request wins over a rescue: the job ends cancelled instead of running again."""
+    await store.insert([claimed("rc", lease=1)])
+    await store.modify("rc", lambda j: models.request_cancel(j, now=NOW))
+    [job] = await store.rescue(now=NOW + 2, max_rescues=3)
+    assert (job.state, job.rescues) == (JobState.CANCELLED, 0)
+
+
 async def test_next_run_at(store: Store) -> None:
     """next_run_at is the earliest run_at among claimable jobs of the given tasks."""
     assert await store.next_run_at() is None
-    await store.insert([new_job("n1", run_at=NOW + 30), new_job("n2", run_at=NOW + 10, task="u"), new_job("n3", run_at=NOW + 1)])
-    await store.claim("n3", owner="w", now=NOW + 2, lease=5)
+    await store.insert([new_job("n1", run_at=NOW + 30), new_job("n2", run_at=NOW + 10, task="u"), claimed("n3")])
     assert await store.next_run_at() == NOW + 10
     assert await store.next_run_at(tasks=["t"]) == NOW + 30
+    assert await store.next_run_at(tasks=[]) is None
 
 
-async def test_count_by_state(store: Store) -> None:
-    """count_by_state reports every state, zero included."""
-    await store.insert([new_job("c1"), new_job("c2")])
-    await store.claim("c1", owner="w", now=NOW, lease=5)
-    counts = await store.count_by_state()
-    assert counts[JobState.PENDING] == 1 and counts[JobState.RUNNING] == 1 and counts[JobState.DEAD] == 0
-    assert set(counts) == set(JobState)
+async def test_counts_follow_every_change(store: Store) -> None:
+    """counts: by task and by state, kept up to date through inserts, claims, outcomes,
+    rescues, cancels and prunes; they always equal a recount of the rows."""
+
+    async def recount() -> dict[str, dict[JobState, int]]:
+        by_task: dict[str, dict[JobState, int]] = {}
+        for job in await store.list_jobs(limit=1000):
+            by_task.setdefault(job.task, dict.fromkeys(JobState, 0))[job.state] += 1
+        return by_task
+
+    async def check() -> None:
+        counts = await store.counts()
+        assert {t: dict(s) for t, s in counts.by_task.items()} == await recount()
+
+    await store.insert([new_job("c1"), new_job("c2", task="u"), claimed("c3"), new_job("c4", run_at=NOW + 100)])
+    await check()
+    got = await store.claim(owner="w", now=NOW, lease=5, limit=10)
+    await check()
+    await store.record([Finished(got.jobs[0], Succeeded(None), NOW + 1), Finished(got.jobs[1], Failed("E", "m"), NOW + 1, delay=1)])
+    await check()
+    await store.rescue(now=NOW + 100, max_rescues=3)
+    await store.modify("c4", lambda j: models.request_cancel(j, now=NOW + 101))
+    await check()
+    await store.prune(finished_before=NOW + 1000)
+    await check()
+    counts = await store.counts()
+    assert counts.by_state()[JobState.SUCCEEDED] == 0 and counts.waiting == 2
+    assert set(counts.by_state()) == set(JobState)
 
 
-async def test_prune_deletes_only_old_final_jobs(store: Store) -> None:
-    """prune removes final jobs finished before the cut-off and frees their keys."""
-    await store.insert([new_job("old", idempotency_key="ko"), new_job("new"), new_job("waiting")])
-    for job_id, at in (("old", NOW + 1), ("new", NOW + 100)):
-        running = await store.claim(job_id, owner="w", now=at, lease=5)
-        assert running is not None
-        assert await store.save(models.succeed(running, result=None, now=at), expected=running)
-    assert await store.prune(finished_before=NOW + 50) == 1
-    assert await store.get("old") is None
+async def test_prune_deletes_only_old_final_jobs_in_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prune removes final jobs finished before the cut-off, a batch per transaction, and
+    frees their keys."""
+    monkeypatch.setattr(store_base, "PRUNE_BATCH", 2)
+    jobs = [claimed(f"old{i}", idempotency_key=f"ko{i}") for i in range(5)] + [claimed("new")]
+    await store.insert([*jobs, new_job("waiting")])
+    await store.record([Finished(j, Succeeded(None), NOW + 1) for j in jobs[:5]])
+    await store.record([Finished(jobs[5], Succeeded(None), NOW + 100)])
+    assert await store.prune(finished_before=NOW + 50) == 5
+    assert await store.get("old0") is None
     assert await store.get("new") is not None and await store.get("waiting") is not None
-    [again] = await store.insert([new_job("old2", idempotency_key="ko")])
+    [again] = await store.insert([new_job("old-again", idempotency_key="ko0")])
     assert again.created
 
 

@@ -19,8 +19,8 @@ from pg_fixtures import admin_connect  # tests/ is on sys.path (tests/conftest.p
 
 from jobsvc import models
 from jobsvc.errors import ConfigError, IllegalTransition, JobNotFound, StoreUnavailable
-from jobsvc.models import Job, JobState
-from jobsvc.store import open_store
+from jobsvc.models import Failed, Job, JobState, Released, Succeeded
+from jobsvc.store import Finished, open_store
 from jobsvc.store.postgres import (
     CURRENT_VERSION,
     MIGRATIONS,
@@ -61,6 +61,10 @@ def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(query, params)  # type: ignore[arg-type]
         return cur.fetchall() if cur.description else []
+
+
+async def claim_all(store: PostgresStore, *, owner: str, now: float = NOW, lease: float = LEASE, limit: int = 10, tasks: list[str] | None = None) -> list[Job]:
+    return (await store.claim(owner=owner, now=now, lease=lease, limit=limit, tasks=tasks)).jobs
 
 
 def inject_running(url: str, job_id: str, *, owner: str, token: int, expires_at: float, attempts: int = 1, rescues: int = 0) -> None:
@@ -144,7 +148,7 @@ async def test_schema_ahead_of_the_code_is_a_config_error(pg_url: str) -> None:
 # ----------------------------------------------------------------------------- claims
 
 
-async def test_claim_due_equals_models_claim_in_claim_order(store: PostgresStore) -> None:
+async def test_claim_equals_models_claim_in_claim_order(store: PostgresStore) -> None:
     jobs = [
         make_job("low", priority=0, run_at=NOW - 5),
         make_job("high-late", priority=5, run_at=NOW - 1),
@@ -153,15 +157,42 @@ async def test_claim_due_equals_models_claim_in_claim_order(store: PostgresStore
         make_job("future", priority=9, run_at=NOW + 60),
     ]
     stored = {r.job.id: r.job for r in await store.insert(jobs)}
-    claimed = await store.claim_due(owner="w1", now=NOW, lease=LEASE, limit=10, tasks=["t"])
+    claimed = await claim_all(store, owner="w1", tasks=["t"])
     assert [j.id for j in claimed] == ["high-early", "high-late", "low"]
     for job in claimed:
         assert job == models.claim(stored[job.id], owner="w1", now=NOW, lease=LEASE)
         assert await store.get(job.id) == job
-    assert await store.claim_due(owner="w1", now=NOW, lease=LEASE, limit=10, tasks=[]) == []
-    rest = await store.claim_due(owner="w2", now=NOW, lease=LEASE, limit=10)
+    assert await claim_all(store, owner="w1", tasks=[]) == []
+    rest = await claim_all(store, owner="w2")
     assert [j.id for j in rest] == ["other-task"]
     assert await store.next_run_at() == NOW + 60
+
+
+async def test_claims_walk_the_due_index_without_sorting(store: PostgresStore, pg_url: str) -> None:
+    """With 20,000 jobs waiting (due and not yet due, two priorities), each level's claim
+    query is an index scan of jobs_due in claim order (no sort of the backlog), whatever
+    the planner's statistics say."""
+    sql(
+        pg_url,
+        "INSERT INTO jobs (id, task, state, payload, priority, max_attempts, run_at, created_at, updated_at) "
+        "SELECT 'bulk' || i, 't', 'pending', 'null', i %% 2, 5, %s + (i %% 3) * 100, %s, %s FROM generate_series(1, 20000) i",
+        (NOW - 50, NOW, NOW),
+    )
+    sql(pg_url, "ANALYZE jobs")
+    from jobsvc.store import postgres
+
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(postgres._SQL_CLAIM_PLAN)
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + postgres._SQL_DUE_TASKS, {"level": 1, "now": NOW, "limit": 8, "tasks": ["t"]}
+            )
+        )
+    assert "jobs_due" in plan and "Sort" not in plan, plan
+    with trio.fail_after(5):
+        got = await claim_all(store, owner="w", limit=8, tasks=["t"])
+    assert [j.priority for j in got] == [1] * 8 and all(j.run_at <= NOW for j in got)
 
 
 async def test_two_instances_claiming_concurrently_never_share_a_job(pg_url: str) -> None:
@@ -171,7 +202,7 @@ async def test_two_instances_claiming_concurrently_never_share_a_job(pg_url: str
 
         async def claimer(store: PostgresStore, name: str) -> None:
             for _ in range(200):  # bounded
-                batch = await store.claim_due(owner=name, now=NOW, lease=LEASE, limit=7)
+                batch = await claim_all(store, owner=name, limit=7)
                 if not batch:
                     return
                 got[name].extend(j.id for j in batch)
@@ -187,16 +218,6 @@ async def test_two_instances_claiming_concurrently_never_share_a_job(pg_url: str
     assert got["a"] and got["b"], "both instances should have claimed some jobs"
     rows = sql(pg_url, "SELECT lease_owner, count(*), max(lease_token), max(attempts) FROM jobs GROUP BY lease_owner ORDER BY 1")
     assert rows == [("a", len(got["a"]), 1, 1), ("b", len(got["b"]), 1, 1)]
-
-
-async def test_claim_one_is_fenced_on_state_and_due_time(store: PostgresStore) -> None:
-    await store.insert([make_job("a"), make_job("later", run_at=NOW + 100)])
-    first = await store.claim("a", owner="w1", now=NOW, lease=LEASE)
-    assert first is not None and first.lease_token == 1 and first.state is JobState.RUNNING
-    assert await store.claim("a", owner="w2", now=NOW, lease=LEASE) is None
-    assert await store.claim("later", owner="w2", now=NOW, lease=LEASE) is None
-    assert await store.claim("missing", owner="w2", now=NOW, lease=LEASE) is None
-    assert (await store.get("a")) == first
 
 
 # ----------------------------------------------------------------------------- rescue and fencing
@@ -220,8 +241,8 @@ async def test_rescue_takes_back_only_expired_leases(store: PostgresStore, pg_ur
     assert (await store.get("waiting")).state is JobState.PENDING  # type: ignore[union-attr]
     # a second sweep finds nothing; the rescued job can be claimed again with a new token
     assert await store.rescue(now=NOW, max_rescues=3) == []
-    again = await store.claim("expired", owner="w2", now=NOW, lease=LEASE)
-    assert again is not None and again.lease_token == 4 and again.attempts == 2
+    again = {j.id: j for j in await claim_all(store, owner="w2")}["expired"]
+    assert (again.lease_token, again.attempts) == (4, 2)
 
 
 async def test_rescued_too_often_goes_dead_with_worker_lost(store: PostgresStore, pg_url: str) -> None:
@@ -232,36 +253,29 @@ async def test_rescued_too_often_goes_dead_with_worker_lost(store: PostgresStore
     assert job.rescues == 3 and job.finished_at == NOW and job.lease_owner is None
     assert [(e.type, e.attempt) for e in job.errors] == [("WorkerLost", 3)]
     assert await store.get("poison") == job
-    assert await store.claim_due(owner="x", now=NOW + 1000, lease=LEASE, limit=10) == []
+    assert await claim_all(store, owner="x", now=NOW + 1000) == []
 
 
 async def test_stale_worker_cannot_overwrite_after_rescue_and_reclaim(store: PostgresStore) -> None:
     """River#1302: a worker whose lease was rescued and re-claimed must not write."""
     await store.insert([make_job("j")])
-    (mine,) = await store.claim_due(owner="slow", now=NOW, lease=1.0, limit=1)
+    (mine,) = await claim_all(store, owner="slow", lease=1.0, limit=1)
     (rescued,) = await store.rescue(now=NOW + 2, max_rescues=3)
     assert rescued.state is JobState.PENDING
-    theirs = await store.claim("j", owner="fast", now=NOW + 3, lease=LEASE)
-    assert theirs is not None and theirs.lease_token == mine.lease_token + 1
-
-    late = models.succeed(mine, result="stale", now=NOW + 4)
-    assert await store.save(late, expected=mine) is False
+    (theirs,) = await claim_all(store, owner="fast", now=NOW + 3, limit=1)
+    assert theirs.lease_token == mine.lease_token + 1
+    late = [Finished(mine, Succeeded("stale"), NOW + 4), Finished(mine, Failed("E", "m"), NOW + 4, delay=1.0)]
+    assert await store.record(late) == [None, None]
     assert await store.get("j") == theirs  # nothing changed
-    also_late = models.fail(
-        mine, error=models.ErrorRecord.make(attempt=1, at=NOW + 4, type="E", message="m"), now=NOW + 4, delay=1.0
-    )
-    assert await store.save(also_late, expected=mine) is False
-    assert await store.get("j") == theirs
-
-    done = models.succeed(theirs, result="ok", now=NOW + 5)
-    assert await store.save(done, expected=theirs) is True
+    [done] = await store.record([Finished(theirs, Succeeded("ok"), NOW + 5)])
+    assert done == models.succeed(theirs, result="ok", now=NOW + 5)
     assert await store.get("j") == done
 
 
 async def test_rescue_skips_a_row_that_a_worker_is_writing(store: PostgresStore, pg_url: str) -> None:
     """The rescuer never blocks on, nor overwrites, a job whose owner is completing it now."""
     await store.insert([make_job("busy")])
-    (job,) = await store.claim_due(owner="w", now=NOW, lease=1.0, limit=1)
+    (job,) = await claim_all(store, owner="w", lease=1.0, limit=1)
     with psycopg.connect(pg_url) as worker:  # a worker mid-transaction, holding the row lock
         worker.execute("SELECT 1 FROM jobs WHERE id = 'busy' FOR UPDATE")
         with trio.fail_after(5):
@@ -279,10 +293,11 @@ async def test_rescue_skips_a_row_that_a_worker_is_writing(store: PostgresStore,
 
 async def test_heartbeat_extends_own_leases_and_reports_cancel_requests(store: PostgresStore) -> None:
     await store.insert([make_job("a"), make_job("b"), make_job("c")])
-    a, b = await store.claim_due(owner="w1", now=NOW, lease=LEASE, limit=2)
-    (c,) = await store.claim_due(owner="w2", now=NOW, lease=LEASE, limit=1)
+    a, b = await claim_all(store, owner="w1", limit=2)
+    (c,) = await claim_all(store, owner="w2", limit=1)
     await store.modify(b.id, lambda j: models.request_cancel(j, now=NOW + 1))
-    assert await store.heartbeat(owner="w1", now=NOW + 10, lease=LEASE, job_ids=[a.id, b.id, c.id]) == {a.id: False, b.id: True}
+    held = [(a.id, 1), (b.id, 1), (c.id, 1), (a.id, 2)]
+    assert await store.heartbeat(owner="w1", now=NOW + 10, lease=LEASE, held=held) == {(a.id, 1): False, (b.id, 1): True}
     assert (await store.get(a.id)).lease_expires_at == NOW + 10 + LEASE  # type: ignore[union-attr]
     assert (await store.get(c.id)).lease_expires_at == NOW + LEASE  # type: ignore[union-attr]
     assert await store.rescue(now=NOW + LEASE + 1, max_rescues=3) == [
@@ -359,23 +374,25 @@ async def test_a_burst_of_notifications_is_one_wake_up(pg_url: str) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_retry_and_rescue_notify_but_completion_does_not(pg_url: str) -> None:
+async def test_rescue_and_release_notify_but_a_later_retry_and_a_completion_do_not(pg_url: str) -> None:
+    """NOTIFY says "a job is claimable now": an insert, a rescue and a release do; a retry
+    scheduled for later and a completion do not (the instance that recorded the retry wakes
+    itself when it is due; the others find it by their poll)."""
     async with open_postgres_store(pg_url) as a, open_postgres_store(pg_url) as b:
-        await a.insert([make_job("j"), make_job("k")])
-        (j, k) = await a.claim_due(owner="w", now=NOW, lease=1.0, limit=2)
+        await a.insert([make_job("j"), make_job("k"), make_job("m")])
+        (j, k, m) = await claim_all(a, owner="w", lease=1.0, limit=3)
         await wait_until(lambda: b.notifications_received == 1, what="the insert's notification")
 
-        failed = models.fail(j, error=models.ErrorRecord.make(attempt=1, at=NOW, type="E", message="m"), now=NOW, delay=5)
-        assert await a.save(failed, expected=j)
-        await wait_until(lambda: b.notifications_received == 2, what="the retry's notification")
+        await a.record([Finished(j, Failed("E", "m"), NOW, delay=5)])
+        await a.record([Finished(m, Released(), NOW)])
+        await wait_until(lambda: b.notifications_received == 2, what="the release's notification")
 
-        (rescued,) = await a.rescue(now=NOW + 2, max_rescues=3)
+        [rescued] = await a.rescue(now=NOW + 2, max_rescues=3)
         assert rescued.id == k.id
         await wait_until(lambda: b.notifications_received == 3, what="the rescue's notification")
 
-        k2 = await a.claim("k", owner="w", now=NOW + 3, lease=LEASE)
-        assert k2 is not None
-        assert await a.save(models.succeed(k2, result=1, now=NOW + 4), expected=k2)
+        (k2, m2) = await claim_all(a, owner="w", now=NOW + 3, limit=2)
+        await a.record([Finished(k2, Succeeded(1), NOW + 4), Finished(m2, Succeeded(1), NOW + 4)])
         # notifications arrive in commit order: once the marker is in, a completion's would be too
         sql(pg_url, "SELECT pg_notify('jobsvc_jobs', 'marker')")
         await wait_until(lambda: b.last_notification_payload == "marker", what="the marker")
@@ -433,7 +450,7 @@ async def test_pool_recovers_after_its_connections_are_killed(store: PostgresSto
         await store.ping()
         assert (await store.get("a")) is not None
         for _ in range(10):  # every pooled connection, not just the first
-            await store.count_by_state()
+            await store.counts()
 
 
 async def test_statement_timeout_gives_store_unavailable_not_a_hang(pg_url: str) -> None:
@@ -464,11 +481,71 @@ async def test_insert_batch_is_one_transaction_with_replays(store: PostgresStore
     assert again[0].job == first[0].job
     seqs = [r.job.seq for r in first] + [again[2].job.seq]
     assert seqs == sorted(seqs)
-    counts = await store.count_by_state()
-    assert counts[JobState.PENDING] == 3
+    counts = await store.counts()
+    assert counts.by_state()[JobState.PENDING] == 3
 
     # a failing job in a batch leaves nothing of the batch behind
     bad = attrs.evolve(make_job("f"), task="x\x00y")  # PostgreSQL text cannot hold NUL
     with pytest.raises(psycopg.DataError):
         await store.insert([make_job("g"), bad])
     assert await store.get("g") is None
+
+
+# ----------------------------------------------------------------------------- counts and durability
+
+
+async def test_counts_are_sharded_by_writer_and_sum_to_the_rows(pg_url: str) -> None:
+    """Two instances write concurrently: each backend updates its own counter rows (no
+    single hot row), and the sums always equal a count of the jobs."""
+    async with open_postgres_store(pg_url, pool_size=2) as a, open_postgres_store(pg_url, pool_size=2) as b:
+
+        async def writer(store: PostgresStore, prefix: str) -> None:
+            for i in range(20):
+                await store.insert([make_job(f"{prefix}{i}-{n}", task=prefix) for n in range(5)])
+                await claim_all(store, owner=prefix, limit=3, tasks=[prefix])
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer, a, "a")
+                nursery.start_soon(writer, b, "b")
+        counts = await a.counts()
+    truth = sql(pg_url, "SELECT task, state, count(*) FROM jobs GROUP BY task, state ORDER BY 1, 2")
+    assert sorted((t, s.value, n) for t, states in counts.by_task.items() for s, n in states.items() if n) == truth
+    shards = sql(pg_url, "SELECT count(DISTINCT shard) FROM jobsvc_counts")
+    assert shards[0][0] >= 2
+
+
+async def test_migration_2_counts_the_jobs_already_there(pg_empty_url: str) -> None:
+    """A database at schema version 1 with jobs in it: migration 2 fills the counts."""
+    from jobsvc.store import postgres
+
+    with psycopg.connect(pg_empty_url) as conn:
+        conn.execute(postgres._CREATE_SCHEMA_TABLE)
+        for statement in postgres._V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO jobsvc_schema (version, name) VALUES (1, 'v1')")
+        conn.execute(
+            "INSERT INTO jobs (id, task, state, payload, max_attempts, run_at, created_at, updated_at) "
+            "SELECT 'old' || i, 't', CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'dead' END, 'null', 5, 0, 0, 0 "
+            "FROM generate_series(1, 7) i"
+        )
+    assert await migrate(pg_empty_url) == ["counts by task and state, kept by triggers"]
+    async with open_postgres_store(pg_empty_url) as store:
+        counts = (await store.counts()).by_state()
+        assert (counts[JobState.PENDING], counts[JobState.DEAD]) == (3, 4)
+        await store.insert([make_job("new")])
+        assert (await store.counts()).by_state()[JobState.PENDING] == 4
+
+
+async def test_worker_side_writes_do_not_wait_for_the_wal_flush(pg_url: str) -> None:
+    """Durable writes (what a client is answered about) commit with synchronous_commit on;
+    worker-side writes with it off, unless fsync_interval is 0."""
+
+    def setting(tx: Any) -> str:
+        return str(tx._conn.execute("SHOW synchronous_commit").fetchone()[0])
+
+    async with open_postgres_store(pg_url) as store:
+        assert await store._write(setting, durable=True) == "on"
+        assert await store._write(setting) == "off"
+    async with open_postgres_store(pg_url, fsync_interval=0) as store:
+        assert await store._write(setting) == "on"

@@ -252,13 +252,13 @@ def test_fingerprint_ignores_key_order_for_any_payload(payload: dict[str, Any], 
 # -- the public view -----------------------------------------------------------------
 
 PUBLIC_KEYS = {
-    "id", "task", "state", "payload", "priority", "attempts", "max_attempts", "rescues", "run_at", "created_at",
-    "updated_at", "finished_at", "result", "errors", "idempotency_key", "cancel_requested",
+    "id", "task", "state", "payload", "priority", "attempts", "max_attempts", "rescues", "timeout", "run_at",
+    "created_at", "updated_at", "finished_at", "result", "errors", "idempotency_key", "cancel_requested",
 }
 
 
 def test_job_to_json_is_an_allow_list() -> None:
-    """job_to_json shows exactly the public fields: no lease owner/token/expiry, fingerprint, timeout or seq."""
+    """job_to_json shows exactly the public fields: no lease owner/token/expiry, fingerprint or seq."""
     job = Job(
         id="j1", task="t", payload={"p": 1}, state=JobState.RUNNING, priority=4, attempts=2, max_attempts=5, rescues=1,
         timeout=9.0, run_at=10.0, created_at=0.0, updated_at=11.5, result=None,
@@ -269,7 +269,7 @@ def test_job_to_json_is_an_allow_list() -> None:
     assert set(out) == PUBLIC_KEYS
     assert out == {
         "id": "j1", "task": "t", "state": "running", "payload": {"p": 1}, "priority": 4, "attempts": 2, "max_attempts": 5,
-        "rescues": 1, "run_at": "1970-01-01T00:00:10Z", "created_at": "1970-01-01T00:00:00Z",
+        "rescues": 1, "timeout": 9.0, "run_at": "1970-01-01T00:00:10Z", "created_at": "1970-01-01T00:00:00Z",
         "updated_at": "1970-01-01T00:00:11.500000Z", "finished_at": None, "result": None,
         "errors": [{"attempt": 1, "at": "1970-01-01T00:00:05.250000Z", "type": "Boom", "message": "bad"}],
         "idempotency_key": "k", "cancel_requested": False,

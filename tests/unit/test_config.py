@@ -27,6 +27,7 @@ DEFAULTS = {
     "poll": 1.0,
     "retention": 7 * 86400.0,
     "max_body": 256 * 1024,
+    "fsync_interval": 1.0,
     "migrate": False,
     "log_level": "info",
 }

@@ -1,0 +1,336 @@
+"""The runner: the memory channel, N workers and the claim loop.
+
+One route in: the channel carries only *claimed* jobs (as :class:`Attempt` records), and a
+job is claimed in one of two ways, both through the store's claim (``models.claim``):
+
+* **at insert**: when workers are idle and no due job waits in the store, a submission's
+  jobs are inserted already claimed for this process (:meth:`Runner.deliver` hands them
+  over): an accepted job costs no separate claim write;
+* **by the claim loop**: otherwise they stay pending and the loop claims due jobs in
+  batches sized to the idle workers, when woken (a worker freed up, a submission could
+  not be claimed at insert, a retry or a release, another instance's NOTIFY), when the
+  next job becomes due, or every ``poll`` seconds at the latest.
+
+A worker runs an attempt (:func:`~jobsvc.service.executor.run_attempt`), hands its
+outcome to the recorder and takes its next job at once; the claim loop refills the freed
+worker while the outcome is being committed.
+
+Shutdown: draining stops the claim loop; attempts still queued are handed back (released,
+no attempt burnt); running ones get the grace period, then the workers' cancel scope
+(whose deadline the :class:`~jobsvc.service.shutdown.Shutdown` moves) cancels them and
+they are released too. Everything released goes through the recorder.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Collection, Sequence
+
+import trio
+
+from ..clock import Clock
+from ..config import Settings
+from ..errors import StoreUnavailable
+from ..models import Failed, Job, JobState, Outcome, Released
+from ..retry import Backoff, Rng, retry_delay
+from ..store import Finished, Store
+from ..tasks import JobContext, Registry
+from .attempts import Attempt, Attempts, Phase
+from .executor import run_attempt
+from .observer import Observer
+from .recorder import FENCED, GAVE_UP, Recorded, Recorder
+from .shutdown import Shutdown
+from .waiters import Waiters
+
+__all__ = ["Runner"]
+
+log = logging.getLogger("jobsvc")
+job_log = logging.getLogger("jobsvc.job")
+
+#: Backoff of the claim loop while the store is unavailable.
+RETRY_MIN, RETRY_MAX = 0.1, 5.0
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        clock: Clock,
+        rng: Rng,
+        owner: str,
+        attempts: Attempts,
+        recorder: Recorder,
+        waiters: Waiters,
+        shutdown: Shutdown,
+        observer: Observer,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._clock = clock
+        self._rng = rng
+        self.owner = owner
+        self._attempts = attempts
+        self._recorder = recorder
+        self._waiters = waiters
+        self._shutdown = shutdown
+        self._observer = observer
+        self._default_backoff = Backoff(base=settings.backoff_base, cap=settings.backoff_cap)
+        self.tasks: Collection[str] = frozenset(registry.names())
+        self._send, self._receive = trio.open_memory_channel[Attempt](settings.workers)
+        #: the store may hold due jobs this process could run (claims must not skip them)
+        self.backlog = True
+        #: epoch time the next known job becomes due (None: none known)
+        self._next_due: float | None = None
+        self._wake = trio.Event()
+        #: set when every worker has stopped and every attempt was handed to the recorder
+        self.done = trio.Event()
+
+    # -- what the other parts call -----------------------------------------------------
+
+    def wake(self, *, claimable: bool = True, due_at: float | None = None) -> None:
+        """Jobs may have become claimable (``claimable``), or will be at ``due_at``."""
+        if claimable:
+            self.backlog = True
+            self._wake.set()
+        if due_at is not None and (self._next_due is None or due_at < self._next_due):
+            self._next_due = due_at
+            self._wake.set()
+
+    def can_claim_at_insert(self) -> bool:
+        """A submission may claim its own jobs: no older due job waits in the store."""
+        return not self.backlog and not self._shutdown.draining
+
+    def deliver(self, jobs: Sequence[Job]) -> None:
+        """Hand claimed jobs to the workers. Call it inside ``attempts.reserve(...)``."""
+        for job in jobs:
+            attempt = self._attempts.add(job)
+            if self._shutdown.draining:
+                self._finish(attempt, Released())
+                continue
+            try:
+                self._send.send_nowait(attempt)  # queued + running <= workers == buffer: never blocks
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.WouldBlock):
+                self._finish(attempt, Released())
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover, then run the workers and the claim loop until the shutdown has drained."""
+        try:
+            if not await self._recover():
+                task_status.started()
+                return
+            async with trio.open_nursery() as workers:
+                self._shutdown.attach(workers.cancel_scope)
+                async with self._receive:
+                    for i in range(self._settings.workers):
+                        workers.start_soon(self._work, self._receive.clone(), name=f"jobsvc-worker-{i}")
+                async with trio.open_nursery() as intake:
+                    intake.start_soon(self._claim_loop, name="jobsvc-claims")
+                    intake.start_soon(self._watch_store, name="jobsvc-store-watcher")
+                    task_status.started()
+                    await self._shutdown.requested.wait()
+                    intake.cancel_scope.cancel()
+                await self._send.aclose()  # workers release what is queued, finish, and exit
+        finally:
+            # Workers cancelled at the deadline (or the service cancelled from outside)
+            # leave claimed jobs in the channel: hand them back.
+            for attempt in self._attempts:
+                if attempt.phase is Phase.QUEUED:
+                    self._finish(attempt, Released())
+            self.done.set()
+            self._recorder.close()
+
+    async def _recover(self) -> bool:
+        """Take back the jobs a crashed process left running. False if shut down meanwhile."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                rescued = await self._store.rescue(
+                    now=self._clock.now(), max_rescues=self._settings.max_rescues, expired_only=not self._store.exclusive
+                )
+            except StoreUnavailable as exc:
+                log.warning("recovery: store unavailable (%s); retrying in %.1fs", exc, delay)
+                with trio.move_on_after(delay):
+                    await self._shutdown.requested.wait()
+                if self._shutdown.draining:
+                    return False
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if rescued:
+                log.info("recovered %d job(s) left running by a previous process", len(rescued))
+            for job in rescued:
+                self._observer.job_event("rescued" if job.state is JobState.PENDING else job.state.value, job)
+                if job.is_final:
+                    self._waiters.notify(job.id)
+            return True
+
+    async def _work(self, receive: trio.MemoryReceiveChannel[Attempt]) -> None:
+        async with receive:
+            async for attempt in receive:
+                try:
+                    await self._run(attempt)
+                finally:
+                    attempt.ended.set()
+
+    async def _run(self, attempt: Attempt) -> None:
+        """Run one attempt: skip it, hand it back, or run its handler and hand over the outcome."""
+        for old in self._attempts.superseded(attempt):  # stopped when this one was claimed
+            await old.ended.wait()
+        if attempt.lost:  # its lease was lost while it waited: nothing to write
+            self._attempts.settle(attempt)
+            return
+        if self._shutdown.draining:
+            self._finish(attempt, Released())
+            return
+        job = attempt.job
+        spec = self._registry.get(job.task)
+        if spec is None:  # claims are filtered by task; this is a safety net
+            log.warning("job %s: task %r is not registered here; handing it back", job.id, job.task)
+            self._finish(attempt, Released())
+            return
+        ctx = JobContext(
+            job_id=job.id,
+            task=job.task,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            lease_token=job.lease_token,
+            log=logging.LoggerAdapter(job_log, {"job_id": job.id, "task": job.task, "attempt": job.attempts}),
+            rng=self._rng,
+        )
+        timeout = job.timeout or spec.timeout or self._settings.timeout
+        attempt.phase = Phase.RUNNING
+        attempt.started_at = trio.current_time()
+        self._observer.job_event("started", job, waited=max(0.0, self._clock.now() - job.run_at))
+        try:
+            outcome = await run_attempt(job, spec, ctx, scope=attempt.scope, timeout=timeout)
+        except BaseException:
+            # The shutdown deadline (or a forced stop) cancelled the handler: hand the job
+            # back without burning the attempt, and let the cancel through.
+            self._finish(attempt, Released())
+            raise
+        if isinstance(outcome, Failed):
+            ctx.log.info("job %s attempt %d failed: %s: %s", job.id, job.attempts, outcome.type, outcome.message)
+        self._finish(attempt, outcome)
+
+    def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
+        """The attempt ended: hand its outcome to the recorder; its worker is free now."""
+        attempt.phase = Phase.RECORDING
+        if self.backlog:
+            self._wake.set()  # a worker is free for the jobs waiting
+        if attempt.lost:
+            self._attempts.settle(attempt)  # fenced anyway: nothing to write
+            return
+        job = attempt.job
+        delay = None
+        if isinstance(outcome, Failed) and not outcome.permanent:
+            spec = self._registry.get(job.task)
+            backoff = (spec.backoff if spec else None) or self._default_backoff
+            delay = retry_delay(attempt=job.attempts, max_attempts=job.max_attempts, backoff=backoff, rng=self._rng)
+        self._recorder.put(Finished(job, outcome, self._clock.now(), delay), functools.partial(self._recorded, attempt, outcome))
+
+    def _recorded(self, attempt: Attempt, outcome: Outcome, result: Recorded) -> None:
+        self._attempts.settle(attempt)
+        job = attempt.job
+        if result is FENCED:
+            log.warning("job %s: outcome of attempt %d discarded, the job was taken back (fenced)", job.id, job.lease_token)
+            self._observer.job_event("fenced", job)
+            return
+        if result is GAVE_UP:
+            log.error("job %s: its outcome could not be written; it will be rescued", job.id)
+            return
+        assert isinstance(result, Job)
+        seconds = 0.0 if attempt.started_at is None else trio.current_time() - attempt.started_at
+        if not isinstance(outcome, Released):
+            self._observer.attempt_finished(result, outcome, seconds)
+        event = "released" if isinstance(outcome, Released) and result.state is JobState.PENDING else result.state.value
+        self._observer.job_event(event, result)
+        if result.is_final:
+            self._waiters.notify(result.id)
+        elif result.state is JobState.RETRYING:
+            job_log.info("job %s will retry in %.3fs", result.id, result.run_at - result.updated_at)
+            self.wake(claimable=False, due_at=result.run_at)
+        else:  # released: back to pending
+            self.wake()
+
+    # -- the claim loop ----------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while True:
+            wake = self._wake = trio.Event()
+            if self.backlog and self._attempts.idle() > 0:
+                try:
+                    await self._claim()
+                    failures = 0
+                    continue
+                except Exception as exc:  # noqa: BLE001 - never wedge: back off and try again
+                    delay = min(RETRY_MAX, RETRY_MIN * 2**failures)
+                    failures += 1
+                    if isinstance(exc, StoreUnavailable):
+                        log.warning("claims: store unavailable (%s); retrying in %.1fs", exc, delay)
+                    else:
+                        log.exception("claims: unexpected error; retrying in %.1fs", delay)
+                    await trio.sleep(delay)
+                    continue
+            look_at = trio.current_time() + self._settings.poll
+            if self._next_due is not None:
+                look_at = min(look_at, trio.current_time() + max(0.0, self._next_due - self._clock.now()))
+            with trio.move_on_at(look_at) as timer:
+                await wake.wait()
+            if timer.cancelled_caught:  # a job became due, or the poll came round
+                self.backlog = True
+                self._next_due = None
+
+    async def _claim(self) -> None:
+        """Claim as many due jobs as there are idle workers, in one transaction."""
+        with self._attempts.reserve(self._attempts.idle()) as n:
+            if n == 0:
+                return
+            # Cleared before looking: whatever makes jobs claimable meanwhile sets them again.
+            self.backlog = False
+            self._next_due = None
+            try:
+                # Shielded: once the store has claimed jobs they must reach a worker (or be
+                # released), never be dropped by a cancellation.
+                with trio.CancelScope(shield=True):
+                    result = await self._store.claim(
+                        owner=self.owner, now=self._clock.now(), lease=self._settings.lease, limit=n, tasks=self.tasks
+                    )
+            except BaseException:
+                self.backlog = True
+                raise
+            self.deliver(result.jobs)
+        if len(result.jobs) == n:
+            self.backlog = True  # there may be more
+            return
+        # A due job left unclaimed is locked by another instance's claim: it is theirs.
+        due = result.next_run_at
+        if due is not None and due > self._clock.now():
+            self.wake(claimable=False, due_at=due)
+
+    async def _watch_store(self) -> None:
+        """Other instances' NOTIFY (PostgreSQL) wakes the claim loop."""
+        while True:
+            try:
+                await self._store.wait_for_work()
+            except Exception:  # noqa: BLE001 - the poll still finds the work; try again soon
+                log.exception("store watcher: unexpected error")
+                await trio.sleep(self._settings.poll)
+            self.wake()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, object]:
+        stats = self._send.statistics()
+        return {
+            "workers": self._settings.workers,
+            "busy_workers": self._attempts.busy() - stats.current_buffer_used,
+            "channel_buffered": stats.current_buffer_used,
+            "recording": sum(1 for a in self._attempts if a.phase is Phase.RECORDING),
+        }

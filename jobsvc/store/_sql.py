@@ -1,0 +1,38 @@
+"""What the two SQL stores share: column lists derived from the Job fields, and row values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import models
+from ..codec import JOB_FIELDS, job_to_row
+
+__all__ = ["CLAIMABLE_STATES", "FINAL_STATES", "INSERTED", "WRITABLE", "insert_values", "update_values"]
+
+#: Columns the store fills itself (``seq``) are not inserted.
+INSERTED = tuple(c for c in JOB_FIELDS if c != "seq")
+#: Columns no transition changes: identity, the submission, and the store's counter.
+_FIXED = frozenset({"id", "seq", "task", "payload", "priority", "max_attempts", "timeout", "created_at", "idempotency_key", "fingerprint"})
+#: Columns a fenced update writes.
+WRITABLE = tuple(c for c in JOB_FIELDS if c not in _FIXED)
+#: The states' names as the SQL stores write them, sorted (the partial indexes name them).
+CLAIMABLE_STATES = tuple(sorted(s.value for s in models.CLAIMABLE))
+FINAL_STATES = tuple(sorted(s.value for s in models.FINAL_STATES))
+assert CLAIMABLE_STATES == ("pending", "retrying"), CLAIMABLE_STATES
+
+
+def insert_values(job: models.Job) -> tuple[Any, ...]:
+    row = job_to_row(job)
+    return tuple(row[c] for c in INSERTED)
+
+
+def update_values(new: models.Job, expected: models.Job) -> tuple[Any, ...]:
+    """The SET values of ``new``, then the fence: ``expected``'s id, state, token, cancel flag."""
+    row = job_to_row(new)
+    return (
+        *(row[c] for c in WRITABLE),
+        expected.id,
+        expected.state.value,
+        expected.lease_token,
+        expected.cancel_requested,
+    )
