@@ -1,0 +1,394 @@
+"""jobsvc-only scenarios behind the engine targets, black-box, on SQLite and PostgreSQL.
+
+    python bench/engine.py [--quick] [--json FILE] [--md FILE] [--stores sqlite,postgres]
+                           [--only latency,backlog,idle-counts]
+
+Every scenario runs ``python -m jobsvc serve`` (8 workers) on a fresh database and is
+parameterised by counts (:class:`Params`; ``--quick`` runs them small):
+
+* *latency at half capacity* (:func:`latency_at_half`): wrk saturates ``POST /jobs`` (noop) for
+  ``saturation_s`` seconds to find the accepted jobs/s R; once those jobs are done, an
+  open-loop client (trio + httpx, in this process) sends ``stamp`` jobs at R/2 for ``paced_s``
+  seconds, each carrying its send time; ``stamp`` (``benchtasks.py``) returns ``time.time()``
+  at handler start, so latency = handler start - client send, p50/p99/max in ms.
+* *big backlog drain* (:func:`backlog_drain`): ``backlog_big`` vs ``backlog_small`` due noop
+  jobs stored while no server runs; the server starts; seconds from its port answering until
+  the first ``first_k`` jobs finished, jobs/s, and the ratio big/small.
+* *idle CPU* and *counts cost* (:func:`scheduled`): ``rows_small`` vs ``rows_big`` noop jobs
+  scheduled an hour ahead (nothing due), the server started with ``--max-pending 10``; its
+  CPU % of one core over ``idle_window_s`` seconds, then the mean time of ``requests``
+  sequential ``GET /ready``, ``GET /metrics`` and ``POST /jobs`` (answered 429) over one
+  keep-alive connection, and the ratio big/small.
+
+Finished jobs are counted from ``GET /stats``, polled every 50 ms or every 10x that call's own
+duration when it is slower (it counts rows); the time a count was crossed is interpolated
+between two polls (:func:`load.time_to_count`), and the report gives the longest ``/stats`` call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NoReturn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httpx  # noqa: E402
+import trio  # noqa: E402
+from load import cpu_percent, time_to_count, wait_until, wrk  # noqa: E402
+from report import SHARED_CORES_NOTE, col, machine, machine_section, one_line, ratio, section, table, times  # noqa: E402
+from targets import Env, JobsvcTarget  # noqa: E402
+
+__all__ = ["Params", "backlog_drain", "latency_at_half", "main", "render", "scheduled"]
+
+POLL = 0.05
+#: A paced client that fell further behind its schedule than this did not keep the pace.
+LAG_WARNING_MS = 50
+STAMP_FLAGS = ("--tasks", "benchtasks")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Counts and durations of one run."""
+
+    connections: int = 50
+    saturation_s: float = 20.0  #: wrk run that finds the saturating rate
+    paced_s: float = 20.0  #: open-loop run at half that rate
+    backlog_small: int = 20_000
+    backlog_big: int = 1_000_000
+    first_k: int = 20_000
+    rows_small: int = 1_000
+    rows_big: int = 1_000_000
+    idle_window_s: float = 10.0
+    idle_settle_s: float = 2.0  #: wait after start-up before the CPU window opens
+    requests: int = 200  #: per endpoint, in the counts-cost scenario
+    finish_timeout: float = 600.0
+
+
+FULL = Params()
+QUICK = Params(
+    saturation_s=2.0, paced_s=3.0, backlog_small=2_000, backlog_big=20_000, first_k=2_000,
+    rows_small=1_000, rows_big=20_000, idle_window_s=2.0, idle_settle_s=0.5, requests=20, finish_timeout=60.0,
+)
+
+
+def _progress(message: str) -> None:
+    print(f"[engine {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0..100) of ``values``."""
+    ordered = sorted(values)
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def _all_done(target: JobsvcTarget, timeout: float) -> float:
+    return wait_until(lambda: target.unfinished() == 0, timeout=timeout, interval=POLL, what=f"{target.name}: every job finished")
+
+
+# -- latency at half capacity ----------------------------------------------------------------
+
+
+async def _paced(url: str, *, rate: float, seconds: float) -> dict[str, Any]:
+    """Open loop: job i is sent at t0 + i / rate whatever the earlier ones are doing."""
+    n = max(1, int(rate * seconds))
+    statuses: Counter[str] = Counter()
+    lags: list[float] = []
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        await client.get("/health")
+
+        async def send() -> None:
+            sent = time.time()
+            try:
+                response = await client.post("/jobs", json={"task": "stamp", "payload": {"sent": sent}})
+                statuses[str(response.status_code)] += 1
+            except httpx.HTTPError as exc:
+                statuses[type(exc).__name__] += 1
+
+        t0 = trio.current_time() + 0.05
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                due = t0 + i / rate
+                await trio.sleep_until(due)
+                lags.append(trio.current_time() - due)
+                nursery.start_soon(send)
+    return {"sent": n, "statuses": dict(statuses), "max_send_lag_ms": round(max(lags) * 1000, 1)}
+
+
+def _stamp_latencies_ms(url: str) -> list[float]:
+    """handler start - client send of every succeeded ``stamp`` job, in ms (keyset pages)."""
+    out: list[float] = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        path: str | None = "/jobs?task=stamp&state=succeeded&limit=1000"
+        while path:
+            body = client.get(path).raise_for_status().json()
+            out.extend((job["result"] - job["payload"]["sent"]) * 1000 for job in body["jobs"])
+            path = body["next"]
+    return out
+
+
+def latency_at_half(target: JobsvcTarget, params: Params) -> dict[str, Any]:
+    """Saturating rate first, then stamp jobs at half of it; submission-to-handler-start latency."""
+    target.reset()
+    with target.server(*STAMP_FLAGS) as proc:
+        saturated = wrk(f"{proc.url}/jobs", body='{"task": "noop"}', connections=params.connections, duration=params.saturation_s)
+        _all_done(target, params.finish_timeout)
+        rate = saturated.ok_per_s / 2
+        if rate <= 0:
+            raise RuntimeError(f"{target.name}: no job accepted while saturating: {saturated.raw}")
+        paced = trio.run(partial(_paced, proc.url, rate=rate, seconds=params.paced_s))
+        _all_done(target, params.finish_timeout)
+        latencies = _stamp_latencies_ms(proc.url)
+    if not latencies:
+        raise RuntimeError(f"{target.name}: no stamp job succeeded ({paced['statuses']})")
+    return {
+        "saturating_accepted_per_s": round(saturated.ok_per_s, 1),
+        "saturating_p99_ms": saturated.latency_ms.get("p99"),
+        "paced_rate_per_s": round(rate, 1),
+        **paced,
+        "measured": len(latencies),
+        "p50_ms": round(_percentile(latencies, 50), 2),
+        "p99_ms": round(_percentile(latencies, 99), 2),
+        "max_ms": round(max(latencies), 2),
+    }
+
+
+# -- big backlog drain -----------------------------------------------------------------------
+
+
+def _drain_first_k(target: JobsvcTarget, backlog: int, params: Params) -> dict[str, Any]:
+    k = min(params.first_k, backlog)
+    target.reset()
+    t_fill = time.monotonic()
+    target.prefill(backlog)
+    fill_s = time.monotonic() - t_fill
+    t_spawn = time.monotonic()
+    with target.server():
+        t_ready = time.monotonic()
+        timing = time_to_count(target.finished, k, since=t_ready, timeout=params.finish_timeout, what=f"{target.name}: jobs finished")
+    return {
+        "backlog": backlog,
+        "k": k,
+        "prefill_s": round(fill_s, 1),
+        "listen_s": round(t_ready - t_spawn, 2),
+        "seconds": round(timing["seconds"], 2),
+        "jobs_per_s": round(k / timing["seconds"], 1),
+        "longest_stats_ms": round(timing["longest_call_ms"] or 0.0, 1),
+    }
+
+
+def backlog_drain(target: JobsvcTarget, params: Params) -> dict[str, Any]:
+    """The first K jobs with a small and with a big backlog of due jobs: jobs/s, ratio big/small."""
+    small = _drain_first_k(target, params.backlog_small, params)
+    big = _drain_first_k(target, params.backlog_big, params)
+    return {"small": small, "big": big, "ratio_big_small": ratio(big["jobs_per_s"], small["jobs_per_s"])}
+
+
+# -- idle CPU and counts cost ----------------------------------------------------------------
+
+
+def _timed(client: httpx.Client, method: str, path: str, n: int, **kwargs: Any) -> dict[str, Any]:
+    """``n`` sequential requests after 3 warm-up ones: mean/p50/max ms and the statuses seen."""
+    statuses: Counter[int] = Counter()
+    times: list[float] = []
+    for i in range(n + 3):
+        t0 = time.perf_counter()
+        response = client.request(method, path, **kwargs)
+        elapsed = time.perf_counter() - t0
+        if i >= 3:
+            times.append(elapsed * 1000)
+            statuses[response.status_code] += 1
+    return {"mean_ms": round(statistics.fmean(times), 2), "p50_ms": round(_percentile(times, 50), 2), "max_ms": round(max(times), 2), "statuses": dict(statuses)}
+
+
+def _admitted_before_429(client: httpx.Client, limit: int = 100) -> int:
+    """Submissions accepted before the first 429 (with more than --max-pending jobs pending,
+    ideally none)."""
+    for i in range(limit):
+        if client.post("/jobs", json={"task": "noop"}).status_code == 429:
+            return i
+    raise RuntimeError(f"no 429 after {limit} submissions with --max-pending 10")
+
+
+def _scheduled_one(target: JobsvcTarget, rows: int, params: Params) -> dict[str, Any]:
+    target.reset()
+    target.prefill(rows, delay=3600.0)
+    t_spawn = time.monotonic()
+    with target.server(max_pending=10) as proc:
+        listen_s = time.monotonic() - t_spawn
+        time.sleep(params.idle_settle_s)
+        idle = cpu_percent(proc.pid, params.idle_window_s)
+        with httpx.Client(base_url=proc.url, timeout=60) as client:
+            admitted = _admitted_before_429(client)
+            costs = {
+                "ready": _timed(client, "GET", "/ready", params.requests),
+                "metrics": _timed(client, "GET", "/metrics", params.requests),
+                "post_429": _timed(client, "POST", "/jobs", params.requests, json={"task": "noop"}),
+            }
+    return {"rows": rows, "listen_s": round(listen_s, 2), "idle_cpu_percent": round(idle, 1), "admitted_before_429": admitted, **costs}
+
+
+def scheduled(target: JobsvcTarget, params: Params) -> dict[str, Any]:
+    """Small and big stores of jobs due in an hour: idle CPU, then the cost of the count reads."""
+    small = _scheduled_one(target, params.rows_small, params)
+    big = _scheduled_one(target, params.rows_big, params)
+    ratios = {key: ratio(big[key]["mean_ms"], small[key]["mean_ms"]) for key in ("ready", "metrics", "post_429")}
+    return {"small": small, "big": big, "ratio_big_small": ratios}
+
+
+SCENARIOS: dict[str, Callable[[JobsvcTarget, Params], dict[str, Any]]] = {
+    "latency": latency_at_half,
+    "backlog": backlog_drain,
+    "idle-counts": scheduled,
+}
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+LATENCY_COLUMNS = [
+    col("saturating jobs/s", "saturating_accepted_per_s"),
+    col("paced jobs/s", "paced_rate_per_s"),
+    col("jobs sent", "sent"),
+    col("statuses", "statuses"),
+    col("max client send lag ms", "max_send_lag_ms"),
+    col("p50 ms", "p50_ms"),
+    col("p99 ms", "p99_ms"),
+    col("max ms", "max_ms"),
+]
+BACKLOG_COLUMNS = [
+    col("backlog", "backlog"),
+    col("listen s", "listen_s"),
+    col("first K s, from listening", "seconds"),
+    col("jobs/s", "jobs_per_s"),
+    col("longest /stats ms", "longest_stats_ms"),
+]
+SCHEDULED_COLUMNS = [
+    col("rows", "rows"),
+    col("listen s", "listen_s"),
+    col("idle CPU %", "idle_cpu_percent"),
+    col("GET /ready ms", "ready", "mean_ms"),
+    col("GET /metrics ms", "metrics", "mean_ms"),
+    col("POST /jobs (429) ms", "post_429", "mean_ms"),
+    col("POST statuses", "post_429", "statuses"),
+    col("admitted before the first 429", "admitted_before_429"),
+]
+
+
+def _done(by_store: dict[str, Any], scenario: str) -> dict[str, Any]:
+    """store -> the scenario's results, for the stores where it did not fail."""
+    return {store: r[scenario] for store, r in by_store.items() if isinstance(r.get(scenario), dict) and "error" not in r[scenario]}
+
+
+def _small_big(results: dict[str, Any]) -> dict[str, Any]:
+    """One row per store and size: ``"sqlite 1,000"`` -> that run's numbers."""
+    return {f"{store} {size}": r[size] for store, r in results.items() for size in ("small", "big")}
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown section: machine, one table per scenario with its big/small ratios, failures."""
+    p, by_store = results["params"], results["stores"]
+    quick = " (QUICK run: tiny counts and durations, noisy; do not quote)" if results["quick"] else ""
+    out = [f"## jobsvc engine scenarios{quick}", "", *machine_section(results["machine"]), "", SHARED_CORES_NOTE, ""]
+    out.append(f"jobsvc: `{results['command']}`; the latency client is trio + httpx in the harness process.")
+    out += section(
+        f"### Latency at half capacity: wrk {p['connections']} connections for {p['saturation_s']:g} s, then {p['paced_s']:g} s open loop at half that rate",
+        "store", _done(by_store, "latency"), LATENCY_COLUMNS,
+    )
+    lagging = [s for s, r in _done(by_store, "latency").items() if r["max_send_lag_ms"] > LAG_WARNING_MS]
+    if lagging:
+        out += ["", f"Warning ({', '.join(lagging)}): the client fell more than {LAG_WARNING_MS} ms behind its schedule (CPU starved): "
+                "the pace was not kept, and those latencies include the client's own delays."]
+    backlog = _done(by_store, "backlog")
+    out += section(
+        f"### Backlog drain: the first {p['first_k']:,} jobs with {p['backlog_small']:,} vs {p['backlog_big']:,} due",
+        "store", _small_big(backlog), BACKLOG_COLUMNS,
+    )
+    out += ["", *table(["store", "jobs/s big/small"], [(s, times(r["ratio_big_small"])) for s, r in backlog.items()])]
+    scheduled_runs = _done(by_store, "idle-counts")
+    out += section(
+        f"### Idle CPU ({p['idle_window_s']:g} s window) and counts cost ({p['requests']} sequential requests each): "
+        "jobs scheduled an hour ahead, --max-pending 10",
+        "store and rows", _small_big(scheduled_runs), SCHEDULED_COLUMNS,
+    )
+    ratios = [(s, *(times(r["ratio_big_small"][k]) for k in ("ready", "metrics", "post_429"))) for s, r in scheduled_runs.items()]
+    out += ["", *table(["store", "/ready big/small", "/metrics big/small", "429 big/small"], ratios)]
+    errors = [(f"{s} {name}", r["error"]) for s, rs in by_store.items() for name, r in rs.items() if isinstance(r, dict) and "error" in r]
+    if errors:
+        out += ["", "### Failures", ""] + [f"- {n}: {one_line(e)}" for n, e in errors]
+    return "\n".join(out) + "\n"
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt  # unwinds every with-block: processes stopped, databases dropped
+
+
+def run_store(env: Env, store: str, scenarios: list[str], params: Params) -> dict[str, Any]:
+    """The chosen scenarios on one store; a failure is recorded with its message, never raised."""
+    out: dict[str, Any] = {}
+    try:
+        with JobsvcTarget(env, store) as target:
+            for name in scenarios:
+                try:
+                    out[name] = SCENARIOS[name](target, params)
+                    _progress(f"{store} {name}: done")
+                except Exception as exc:  # noqa: BLE001 - reported, and the next scenario still runs
+                    out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                    _progress(f"{store} {name}: FAILED {out[name]['error']}")
+    except Exception as exc:  # noqa: BLE001 - the store itself could not be set up
+        out["setup"] = {"error": f"{type(exc).__name__}: {exc}"}
+        _progress(f"{store}: FAILED {out['setup']['error']}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny counts and durations (a smoke run, about a minute)")
+    parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument("--md", type=Path, help="write the markdown section here")
+    parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
+    parser.add_argument("--pg-url", default="postgresql://root@127.0.0.1:5432/postgres", help="PostgreSQL database to create throwaway databases from")
+    args = parser.parse_args(argv)
+    params = QUICK if args.quick else FULL
+    stores, scenarios = args.stores.split(","), args.only.split(",")
+    if set(stores) - {"sqlite", "postgres"} or set(scenarios) - set(SCENARIOS):
+        parser.error(f"stores are sqlite, postgres; scenarios are {', '.join(SCENARIOS)}")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    with tempfile.TemporaryDirectory(prefix="jobsvc-engine-") as tmp:
+        env = Env(Path(tmp), pg_admin_url=args.pg_url)
+        results: dict[str, Any] = {
+            "quick": args.quick,
+            "machine": machine(pg_url=args.pg_url if "postgres" in stores else None),
+            "params": asdict(params),
+            "command": JobsvcTarget(env, "sqlite").settings()["command"] + " [--tasks benchtasks] [--max-pending 10]",
+            "stores": {store: run_store(env, store, scenarios, params) for store in stores},
+        }
+    markdown = render(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.md:
+        args.md.write_text(markdown)
+    print(markdown)
+    failed = any(isinstance(r, dict) and "error" in r for rs in results["stores"].values() for r in rs.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
