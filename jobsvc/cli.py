@@ -1,4 +1,5 @@
-"""The ``jobsvc`` command: ``jobsvc serve`` and ``jobsvc migrate``.
+"""The ``jobsvc`` command: ``jobsvc serve`` and ``jobsvc migrate``; the client commands
+(``submit``, ``get``, ``list``, ...) live in :mod:`jobsvc.clientcli`.
 
 The CLI only turns flags and ``JOBSVC_*`` variables into :class:`~jobsvc.config.Settings`
 and calls ``trio.run``; errors in the configuration are one clear line and exit code 2.
@@ -15,7 +16,7 @@ from functools import partial
 
 import trio
 
-from . import __version__
+from . import __version__, clientcli
 from .config import Settings
 from .errors import ConfigError, StoreUnavailable
 
@@ -56,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--db", help="database URL (default: JOBSVC_DB, else the SQLite default)")
+    clientcli.add_commands(sub)
     return parser
 
 
@@ -81,6 +83,8 @@ def _single(exc: BaseException) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in clientcli.COMMANDS:
+        return clientcli.run(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         return _run(args, flags)

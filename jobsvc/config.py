@@ -25,6 +25,7 @@ KIB = 1024
 #: Variables with the prefix that are not settings but are still recognised.
 OTHER_ENV = {
     "JOBSVC_DEMO_FAILURE_RATE": "failure rate of the demo 'email' task (jobsvc.demo), 0..1",
+    "JOBSVC_URL": "the service's URL for the client commands (jobsvc submit, get, list, ...)",
 }
 
 
