@@ -32,16 +32,48 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-from .app import create_app
-from .clock import Clock, SystemClock, TrioClock
-from .config import Settings
-from .errors import JobsvcError
-from .models import Job, JobState
-from .retry import Backoff
-from .server import Running, run_service
-from .service import JobService, Shutdown, Submitted, open_service
-from .store import Store, open_store
-from .tasks import JobContext, PermanentError, Registry, TaskSpec, task
+import importlib
+from typing import Any
+
+#: Public name -> the module that defines it. Imported on first use (PEP 562), so that
+#: ``import jobsvc.client`` does not load the server side.
+_PUBLIC = {
+    "Backoff": "retry",
+    "Clock": "clock",
+    "Job": "models",
+    "JobContext": "tasks",
+    "JobService": "service",
+    "JobState": "models",
+    "JobsvcError": "errors",
+    "PermanentError": "tasks",
+    "Registry": "tasks",
+    "Running": "server",
+    "Settings": "config",
+    "Shutdown": "service",
+    "Store": "store",
+    "Submitted": "service",
+    "SystemClock": "clock",
+    "TaskSpec": "tasks",
+    "TrioClock": "clock",
+    "create_app": "app",
+    "open_service": "service",
+    "open_store": "store",
+    "run_service": "server",
+    "task": "tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
 
 __all__ = [
     "Backoff",

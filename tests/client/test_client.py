@@ -70,7 +70,8 @@ async def jobs(service: JobService) -> AsyncIterator[AsyncClient]:
 
 async def test_submit_and_wait_until_success_at_the_exact_virtual_time(jobs: AsyncClient, autojump_clock: trio.testing.MockClock) -> None:
     job = await jobs.submit("flaky", {"fail_times": 2}, id="f1", priority=5)
-    assert (job.id, job.task, job.state, job.priority, job.payload) == ("f1", "flaky", JobState.PENDING, 5, {"fail_times": 2})
+    # A worker was idle: the job was claimed in the same transaction that accepted it.
+    assert (job.id, job.task, job.state, job.priority, job.payload) == ("f1", "flaky", JobState.RUNNING, 5, {"fail_times": 2})
     assert job.idempotency_key and len(job.idempotency_key) == 32
     assert job.created_at.tzinfo is not None and job.finished_at is None
 
