@@ -221,7 +221,7 @@ async def _store_inserts(path: Path, *, jobs: int, concurrency: int) -> dict[str
         elapsed = trio.current_time() - t0
         commits = store.commits - commits0  # type: ignore[attr-defined]
         ops = store.operations - ops0  # type: ignore[attr-defined]
-        counts = await store.count_by_state()
+        counts = (await store.counts()).by_state()
     if sum(counts.values()) != jobs:
         raise RuntimeError(f"store_group_commit: {sum(counts.values())} rows, expected {jobs}")
     return {

@@ -173,12 +173,12 @@ async def store_claims() -> dict[str, Any]:
             now = time.time() + 1
             claimed, t0 = 0, time.perf_counter()
             while claimed < 10_000:
-                claimed += len(await store.claim_due(owner="a", now=now, lease=30, limit=32))
+                claimed += len((await store.claim(owner="a", now=now, lease=30, limit=32)).jobs)
             out["claim_due_batch32_claims_per_s"] = round(claimed / (time.perf_counter() - t0))
 
             claimed, calls, t0 = 0, 0, time.perf_counter()
             while calls < 2_000:
-                claimed += len(await store.claim_due(owner="a", now=now, lease=30, limit=1))
+                claimed += len((await store.claim(owner="a", now=now, lease=30, limit=1)).jobs)
                 calls += 1
             out["claim_due_batch1_claims_per_s"] = round(claimed / (time.perf_counter() - t0))
     with fresh_database() as url:
@@ -191,7 +191,7 @@ async def store_claims() -> dict[str, Any]:
 
             async def claimer(store: Any, name: str) -> None:
                 while True:
-                    batch = await store.claim_due(owner=name, now=now, lease=30, limit=32)
+                    batch = (await store.claim(owner=name, now=now, lease=30, limit=32)).jobs
                     if not batch:
                         return
                     got[name] += len(batch)

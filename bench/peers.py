@@ -238,7 +238,7 @@ def run_target(target: Target, params: Params) -> dict[str, Any]:
 
 # -- report ----------------------------------------------------------------------------------
 
-JOBSVC = ("jobsvc-sqlite", "jobsvc-postgres")
+JOBSVC = ("jobsvc-sqlite", "jobsvc-postgres", "jobsvc-sqlite-w8", "jobsvc-sqlite-w32")
 PEERS = ("dramatiq", "arq", "procrastinate")
 
 
@@ -327,6 +327,8 @@ def _targets(env: Env, params: Params) -> dict[str, Callable[[], Target]]:
     return {
         "jobsvc-sqlite": lambda: JobsvcTarget(env, "sqlite"),
         "jobsvc-postgres": lambda: JobsvcTarget(env, "postgres"),
+        "jobsvc-sqlite-w8": lambda: JobsvcTarget(env, "sqlite", workers=8),
+        "jobsvc-sqlite-w32": lambda: JobsvcTarget(env, "sqlite", workers=32),
         "dramatiq": lambda: DramatiqTarget(env),
         "arq": lambda: ArqTarget(env, poll_delay=params.arq_poll_delay),
         "procrastinate": lambda: ProcrastinateTarget(env, concurrency=params.procrastinate_concurrency),
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         env = Env(Path(tmp), redis_url=args.redis_url, pg_admin_url=args.pg_url)
         env.export()
         makers = _targets(env, params)
-        only = set(args.only.split(",")) if args.only else set(FLOORS) | set(makers)
+        only = set(args.only.split(",")) if args.only else set(FLOORS) | set(makers) - {"jobsvc-sqlite-w8", "jobsvc-sqlite-w32"}
         unknown = only - set(FLOORS) - set(makers)
         if unknown:
             parser.error(f"unknown names {sorted(unknown)}; choose from {sorted(FLOORS) + sorted(makers)}")

@@ -197,17 +197,17 @@ class JobsvcTarget(Target):
     database, recreated and migrated per reset), black-box: jobs go in through ``POST /jobs``
     (or the store API for :meth:`prefill`) and are counted from ``GET /stats``."""
 
-    def __init__(self, env: Env, store: str, *, workers: int = 8, max_pending: int = 10_000_000) -> None:
+    def __init__(self, env: Env, store: str, *, workers: int | None = None, max_pending: int = 10_000_000) -> None:
         super().__init__(env)
         if store not in ("sqlite", "postgres"):
             raise ValueError(f"store must be 'sqlite' or 'postgres', not {store!r}")
         self.store = store
-        self.name = f"jobsvc-{store}"
+        self.name = f"jobsvc-{store}" + ("" if workers is None else f"-w{workers}")
         self.worker_count = workers
         self.max_pending = max_pending
         self._resets = 0
         self._db_url = ""
-        self._pg_name = f"jobsvc_bench_{env.run_id}"
+        self._pg_name = f"jobsvc_bench_{env.run_id}_{store}_{workers or 0}"
         self._url: str | None = None
 
     @property
@@ -222,23 +222,26 @@ class JobsvcTarget(Target):
         pending = self.max_pending if max_pending is None else max_pending
         return [
             *("python", "-m", "jobsvc", "serve", "--bind", f"{HOST}:{port}", "--db", db_url),
-            *("--workers", str(self.worker_count), "--max-pending", str(pending), "--log-level", "warning", *extra),
+            *(() if self.worker_count is None else ("--workers", str(self.worker_count))),
+            *("--max-pending", str(pending), "--log-level", "warning", *extra),
         ]
 
     def settings(self) -> dict[str, Any]:
         db = "sqlite:///TMP/jobsvc-N.db" if self.store == "sqlite" else "postgresql://root@127.0.0.1:5432/THROWAWAY"
         return {
             "command": " ".join(self.server_argv("PORT", db)),
-            "db": "SQLite file (WAL, synchronous=FULL: jobsvc's default)" if self.store == "sqlite" else "PostgreSQL throwaway database",
+            "db": "SQLite file (WAL; submissions synced before the answer, worker writes within --fsync-interval: jobsvc's defaults)"
+            if self.store == "sqlite"
+            else "PostgreSQL throwaway database",
             "http": "hypercorn trio worker embedded in jobsvc, 1 process",
-            "workers": self.worker_count,
+            "workers": "jobsvc's default" if self.worker_count is None else self.worker_count,
             "completions": "GET /stats: succeeded + dead + cancelled",
         }
 
     def reset(self) -> None:
         self._resets += 1
         if self.store == "sqlite":
-            self._db_url = f"sqlite:///{self.env.workdir / f'jobsvc-{self._resets}.db'}"
+            self._db_url = f"sqlite:///{self.env.workdir / f'{self.name}-{self._resets}.db'}"  # a file of its own
         else:
             _recreate(self.env.pg_admin_url, self._pg_name)
             self._db_url = database_url(self.env.pg_admin_url, self._pg_name)

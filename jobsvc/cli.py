@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", help=f"HOST:PORT to listen on; port 0 picks a free port (default {d.bind})")
     serve.add_argument("--db", help=f"database URL: sqlite:///path, memory:, postgresql://... (default {d.db})")
     serve.add_argument("--tasks", action="append", metavar="MODULE", help="module whose @task handlers are registered (repeatable)")
-    serve.add_argument("--workers", type=int, help=f"concurrent jobs (default {d.workers})")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help=f"jobs run at once (trio tasks: cheap; raise it for I/O-bound handlers, lower it to protect a downstream) (default {d.workers})",
+    )
     serve.add_argument("--grace", type=float, help=f"seconds running jobs get to finish on shutdown (default {d.grace:g})")
     serve.add_argument("--max-pending", type=int, help=f"pending jobs above which submissions get 429 (default {d.max_pending})")
     serve.add_argument("--max-attempts", type=int, help=f"default attempts per job (default {d.max_attempts})")

@@ -126,7 +126,7 @@ class Settings:
     bind: str = attrs.field(default="127.0.0.1:3000", validator=_check_bind)
     db: str = attrs.field(default="sqlite:///jobsvc.db", validator=_check_db)
     tasks: tuple[str, ...] = ()  #: modules whose @task handlers are registered
-    workers: int = attrs.field(default=8, validator=_positive_int("workers"))
+    workers: int = attrs.field(default=32, validator=_positive_int("workers"))
     grace: float = attrs.field(default=20 * SECONDS, validator=_positive_float("grace", allow_zero=True))
     max_pending: int = attrs.field(default=10_000, validator=_positive_int("max-pending"))
     max_attempts: int = attrs.field(default=5, validator=_positive_int("max-attempts"))

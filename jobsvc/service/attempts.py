@@ -49,6 +49,9 @@ class Attempt:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     #: the job's lease was lost (rescued elsewhere): nothing this attempt does can be written
     lost: bool = False
+    #: why ``scope`` was cancelled on purpose ("cancelled", "lost"); None: not on purpose (a
+    #: cancel of the scope without a reason is its deadline, the attempt's timeout)
+    stop_reason: str | None = None
     started_at: float | None = None  #: trio time the handler started
     #: set when the handler has returned (or never ran): the attempt no longer runs code
     ended: trio.Event = attrs.field(factory=trio.Event)
@@ -56,6 +59,11 @@ class Attempt:
     @property
     def key(self) -> AttemptKey:
         return (self.job.id, self.job.lease_token)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.scope.cancel()
 
 
 class Attempts:
@@ -119,7 +127,7 @@ class Attempts:
         attempt = self._table.get(key)
         if attempt is None or attempt.lost:
             return False
-        attempt.scope.cancel()
+        attempt.stop("cancelled")
         return True
 
     def lose(self, key: AttemptKey) -> Attempt | None:
@@ -129,5 +137,5 @@ class Attempts:
         if attempt is None or attempt.lost:
             return None
         attempt.lost = True
-        attempt.scope.cancel()
+        attempt.stop("lost")
         return attempt

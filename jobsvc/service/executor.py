@@ -6,13 +6,15 @@ any other ``BaseException`` a handler (or a library it calls) raises, so no job 
 the service down. The one thing that passes through is the cancellation of an enclosing
 scope (the shutdown deadline): the worker hands the job back and lets it propagate.
 
-Two cancel scopes of the attempt's own end it early: the attempt's scope (a client's
-cancel, or the job's lease lost to another instance) and the per-attempt deadline
-(``Failed("Timeout", ...)``).
+The attempt's own cancel scope ends it early, with the per-attempt deadline as its
+deadline: cancelled on purpose (a client's cancel, or the job's lease lost to another
+instance: ``stopped()`` is true) it is :class:`~jobsvc.models.Cancelled`; at its deadline,
+``Failed("Timeout", ...)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -56,26 +58,22 @@ async def _call(job: Job, spec: TaskSpec, ctx: JobContext) -> Outcome:
     return Succeeded(result)
 
 
-async def run_attempt(job: Job, spec: TaskSpec, ctx: JobContext, *, scope: trio.CancelScope, timeout: float) -> Outcome:
-    """Run the attempt inside ``scope`` with a ``timeout``; return how it ended."""
+async def run_attempt(
+    job: Job, spec: TaskSpec, ctx: JobContext, *, scope: trio.CancelScope, timeout: float, stopped: Callable[[], bool]
+) -> Outcome:
+    """Run the attempt inside ``scope`` within ``timeout`` seconds; return how it ended.
+    ``stopped()`` tells a cancel on purpose from the deadline."""
+    scope.deadline = min(scope.deadline, trio.current_time() + timeout)
     outcome: Outcome = Failed("Interrupted", "the attempt did not finish")
-    deadline = trio.CancelScope()
     try:
         with scope:
-            with trio.move_on_after(timeout) as deadline:
-                outcome = await _call(job, spec, ctx)
+            outcome = await _call(job, spec, ctx)
     except BaseException as exc:  # noqa: BLE001 - see below
         # The handler's own nursery raised a group holding our scope's Cancelled and some
         # error; the scope took its Cancelled back and the rest is left: the attempt ended.
-        if _holds_cancelled(exc):
+        if _holds_cancelled(exc) or not scope.cancel_called:
             raise  # an enclosing scope's cancellation (shutdown): not ours to contain
-        if scope.cancel_called:
-            return Cancelled()
-        if deadline.cancel_called:
-            return _timeout(timeout)
-        return failure(exc)  # pragma: no cover - _call contains everything else
+        return Cancelled() if stopped() else _timeout(timeout)
     if scope.cancelled_caught:
-        return Cancelled()
-    if deadline.cancelled_caught:
-        return _timeout(timeout)
+        return Cancelled() if stopped() else _timeout(timeout)
     return outcome

@@ -119,19 +119,30 @@ class JobService:
         if replays is not None:
             return [Submitted(r.job, r.created) for r in replays]
         due = [i for i, job in enumerate(jobs) if job.run_at <= now and job.task in self._runner.tasks]
-        wanted = len(due) if due and self._runner.can_claim_at_insert() else 0
-        with self._attempts.reserve(wanted) as n:
-            for i in due[:n]:
-                jobs[i] = models.claim(jobs[i], owner=self.owner, now=now, lease=self._settings.lease)
-            # Shielded when it claims: once committed, claimed jobs must reach a worker.
-            with trio.CancelScope(shield=n > 0):
-                results = await self._store.insert(jobs)
-            self._runner.deliver([r.job for r in results if r.created and r.job.state is JobState.RUNNING])
+        claimed_at_insert = 0
+        if due and self._runner.can_claim_at_insert():
+            # Nothing older waits: the new jobs go to the idle workers, inserted already
+            # claimed (one write each). Shielded: once committed they must reach a worker.
+            with self._attempts.reserve(len(due)) as claimed_at_insert:
+                for i in due[:claimed_at_insert]:
+                    jobs[i] = models.claim(jobs[i], owner=self.owner, now=now, lease=self._settings.lease)
+                with trio.CancelScope(shield=claimed_at_insert > 0):
+                    results = await self._store.insert(jobs)
+                self._runner.deliver([r.job for r in results if r.created and r.job.state is JobState.RUNNING])
+        else:
+            # Due jobs wait in the store: the same transaction claims the oldest of them (in
+            # claim order) for the idle workers, if any.
+            with self._runner.ticket() as ticket:
+                if ticket.request is None:
+                    results = await self._store.insert(jobs)
+                else:
+                    with trio.CancelScope(shield=True):
+                        results, ticket.result = await self._store.insert_and_claim(jobs, ticket.request)
         created = [r.job for r in results if r.created]
         self._waiting_estimate += len(created)
         for job in created:
             self.observer.job_event("submitted", job)
-        if len(due) > n:  # due jobs left pending: the claim loop takes them
+        if len(due) > claimed_at_insert:  # due jobs left pending: the claim loop takes them
             self._runner.wake()
         later = [job.run_at for job in created if job.run_at > now]
         if later:
@@ -240,6 +251,7 @@ class JobService:
             "draining": self.shutdown.draining,
             "owner": self.owner,
             "store": self._store.kind,
+            "store_stats": self._store.statistics(),
         }
 
     async def stats(self) -> dict[str, Any]:

@@ -145,3 +145,4 @@ class Recorder:
         for item, job in zip(batch, written, strict=True):
             item.done(FENCED if job is None else job)
         return True
+

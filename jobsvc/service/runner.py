@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 
+import attrs
 import trio
 
 from ..clock import Clock
@@ -34,7 +36,7 @@ from ..config import Settings
 from ..errors import StoreUnavailable
 from ..models import Failed, Job, JobState, Outcome, Released
 from ..retry import Backoff, Rng, retry_delay
-from ..store import Finished, Store
+from ..store import ClaimRequest, ClaimResult, Finished, Store
 from ..tasks import JobContext, Registry
 from .attempts import Attempt, Attempts, Phase
 from .executor import run_attempt
@@ -43,13 +45,21 @@ from .recorder import FENCED, GAVE_UP, Recorded, Recorder
 from .shutdown import Shutdown
 from .waiters import Waiters
 
-__all__ = ["Runner"]
+__all__ = ["ClaimTicket", "Runner"]
 
 log = logging.getLogger("jobsvc")
 job_log = logging.getLogger("jobsvc.job")
 
 #: Backoff of the claim loop while the store is unavailable.
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
+
+
+@attrs.define
+class ClaimTicket:
+    """A claim for the idle workers, reserved; whoever runs it sets ``result``."""
+
+    request: ClaimRequest | None  #: None: nothing to claim now
+    result: ClaimResult | None = None
 
 
 class Runner:
@@ -208,7 +218,9 @@ class Runner:
         attempt.started_at = trio.current_time()
         self._observer.job_event("started", job, waited=max(0.0, self._clock.now() - job.run_at))
         try:
-            outcome = await run_attempt(job, spec, ctx, scope=attempt.scope, timeout=timeout)
+            outcome = await run_attempt(
+                job, spec, ctx, scope=attempt.scope, timeout=timeout, stopped=lambda: attempt.stop_reason is not None
+            )
         except BaseException:
             # The shutdown deadline (or a forced stop) cancelled the handler: hand the job
             # back without burning the attempt, and let the cancel through.
@@ -220,9 +232,9 @@ class Runner:
 
     def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
         """The attempt ended: hand its outcome to the recorder; its worker is free now."""
-        attempt.phase = Phase.RECORDING
+        attempt.phase = Phase.RECORDING  # its worker is free now, before the outcome's commit
         if self.backlog:
-            self._wake.set()  # a worker is free for the jobs waiting
+            self._wake.set()
         if attempt.lost:
             self._attempts.settle(attempt)  # fenced anyway: nothing to write
             return
@@ -264,7 +276,7 @@ class Runner:
         failures = 0
         while True:
             wake = self._wake = trio.Event()
-            if self.backlog and self._attempts.idle() > 0:
+            if self.backlog and not self._shutdown.draining and self._attempts.idle() > 0:
                 try:
                     await self._claim()
                     failures = 0
@@ -287,25 +299,33 @@ class Runner:
                 self.backlog = True
                 self._next_due = None
 
-    async def _claim(self) -> None:
-        """Claim as many due jobs as there are idle workers, in one transaction."""
+    @contextmanager
+    def ticket(self) -> Iterator[ClaimTicket]:
+        """Reserve the idle workers for a claim (when the store may hold due jobs) and
+        deliver what it claimed."""
+        if not self.backlog or self._shutdown.draining:
+            yield ClaimTicket(None)
+            return
         with self._attempts.reserve(self._attempts.idle()) as n:
             if n == 0:
+                yield ClaimTicket(None)
                 return
             # Cleared before looking: whatever makes jobs claimable meanwhile sets them again.
             self.backlog = False
             self._next_due = None
+            ticket = ClaimTicket(
+                ClaimRequest(owner=self.owner, now=self._clock.now(), lease=self._settings.lease, limit=n, tasks=self.tasks)
+            )
             try:
-                # Shielded: once the store has claimed jobs they must reach a worker (or be
-                # released), never be dropped by a cancellation.
-                with trio.CancelScope(shield=True):
-                    result = await self._store.claim(
-                        owner=self.owner, now=self._clock.now(), lease=self._settings.lease, limit=n, tasks=self.tasks
-                    )
-            except BaseException:
-                self.backlog = True
-                raise
-            self.deliver(result.jobs)
+                yield ticket
+            finally:
+                result = ticket.result
+                if result is None:  # the transaction failed: look again later
+                    self.backlog = True
+                else:
+                    self.deliver(result.jobs)
+        if result is None:
+            return
         if len(result.jobs) == n:
             self.backlog = True  # there may be more
             return
@@ -313,6 +333,23 @@ class Runner:
         due = result.next_run_at
         if due is not None and due > self._clock.now():
             self.wake(claimable=False, due_at=due)
+
+    async def _claim(self) -> None:
+        """Claim as many due jobs as there are idle workers, in a transaction of its own."""
+        with self.ticket() as ticket:
+            if ticket.request is None:
+                await trio.lowlevel.checkpoint()
+            else:
+                # Shielded: once the store has claimed jobs they must reach a worker (or be
+                # released), never be dropped by a cancellation.
+                with trio.CancelScope(shield=True):
+                    ticket.result = await self._store.claim(
+                        owner=ticket.request.owner,
+                        now=ticket.request.now,
+                        lease=ticket.request.lease,
+                        limit=ticket.request.limit,
+                        tasks=ticket.request.tasks,
+                    )
 
     async def _watch_store(self) -> None:
         """Other instances' NOTIFY (PostgreSQL) wakes the claim loop."""

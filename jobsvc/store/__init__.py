@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..config import DatabaseURL
-from .base import AttemptKey, ClaimResult, Counts, Finished, InsertResult, Store, Tx
+from .base import AttemptKey, ClaimRequest, ClaimResult, Counts, Finished, InsertResult, Store, Tx
 from .memory import MemoryStore
 
 __all__ = [
     "AttemptKey",
+    "ClaimRequest",
     "ClaimResult",
     "Counts",
     "Finished",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import models
-from ..codec import JOB_FIELDS, job_to_row
+from ..codec import JOB_FIELDS, row_encoder
 
-__all__ = ["CLAIMABLE_STATES", "FINAL_STATES", "INSERTED", "WRITABLE", "insert_values", "update_values"]
+__all__ = ["CLAIMABLE_STATES", "FINAL_STATES", "INSERTED", "WRITABLE", "insert_values", "update_values", "writable_values"]
 
 #: Columns the store fills itself (``seq``) are not inserted.
 INSERTED = tuple(c for c in JOB_FIELDS if c != "seq")
@@ -21,18 +21,12 @@ FINAL_STATES = tuple(sorted(s.value for s in models.FINAL_STATES))
 assert CLAIMABLE_STATES == ("pending", "retrying"), CLAIMABLE_STATES
 
 
-def insert_values(job: models.Job) -> tuple[Any, ...]:
-    row = job_to_row(job)
-    return tuple(row[c] for c in INSERTED)
+#: Job -> the values of INSERTED, in order.
+insert_values = row_encoder(INSERTED)
+#: Job -> the values of WRITABLE, in order.
+writable_values = row_encoder(WRITABLE)
 
 
 def update_values(new: models.Job, expected: models.Job) -> tuple[Any, ...]:
     """The SET values of ``new``, then the fence: ``expected``'s id, state, token, cancel flag."""
-    row = job_to_row(new)
-    return (
-        *(row[c] for c in WRITABLE),
-        expected.id,
-        expected.state.value,
-        expected.lease_token,
-        expected.cancel_requested,
-    )
+    return (*writable_values(new), expected.id, expected.state.value, expected.lease_token, expected.cancel_requested)

@@ -47,6 +47,7 @@ from ..models import Job, JobState
 
 __all__ = [
     "AttemptKey",
+    "ClaimRequest",
     "ClaimResult",
     "Counts",
     "Finished",
@@ -67,6 +68,17 @@ AttemptKey = tuple[str, int]
 class InsertResult:
     job: Job  #: the stored job: the new one, or the one already holding that id/key
     created: bool  #: False when the id or idempotency key already existed
+
+
+@attrs.frozen(kw_only=True)
+class ClaimRequest:
+    """A claim: up to ``limit`` due jobs (of ``tasks`` if given), leased to ``owner``."""
+
+    owner: str
+    now: float
+    lease: float
+    limit: int
+    tasks: Collection[str] | None = None
 
 
 @attrs.frozen
@@ -200,11 +212,11 @@ def _write_all(tx: Tx, pairs: Sequence[tuple[Job, Job]]) -> None:
         raise RuntimeError("a row held by this transaction changed under it")
 
 
-def claim_jobs(tx: Tx, *, owner: str, now: float, lease: float, limit: int, tasks: Collection[str] | None) -> ClaimResult:
-    due = tx.due(now=now, limit=limit, tasks=tasks) if limit > 0 else []
-    claimed = [models.claim(job, owner=owner, now=now, lease=lease) for job in due]
+def claim_jobs(tx: Tx, request: ClaimRequest) -> ClaimResult:
+    due = tx.due(now=request.now, limit=request.limit, tasks=request.tasks) if request.limit > 0 else []
+    claimed = [models.claim(job, owner=request.owner, now=request.now, lease=request.lease) for job in due]
     _write_all(tx, list(zip(claimed, due, strict=True)))
-    next_at = None if len(claimed) == limit else tx.next_run_at(tasks=tasks)
+    next_at = None if len(claimed) == request.limit else tx.next_run_at(tasks=request.tasks)
     return ClaimResult(claimed, next_at)
 
 
@@ -286,6 +298,16 @@ class Store(abc.ABC):
             return []
         return await self._write(lambda tx: insert_jobs(tx, jobs), durable=True)
 
+    async def insert_and_claim(self, jobs: Sequence[Job], claim: ClaimRequest) -> tuple[list[InsertResult], ClaimResult]:
+        """:meth:`insert`, then :meth:`claim` in the same durable transaction: a submission
+        that finds idle workers and older due jobs waiting feeds the workers with those
+        (in claim order) without a transaction of its own."""
+
+        def both(tx: Tx) -> tuple[list[InsertResult], ClaimResult]:
+            return insert_jobs(tx, jobs), claim_jobs(tx, claim)
+
+        return await self._write(both, durable=True)
+
     async def find(self, jobs: Sequence[Job]) -> list[Job | None]:
         """The stored job holding each job's id (or else idempotency key), if any."""
         return await self._read(lambda tx: tx.existing(jobs))
@@ -308,7 +330,8 @@ class Store(abc.ABC):
         """Claim up to ``limit`` due jobs (of ``tasks`` if given) in one transaction,
         highest priority first, then ``run_at``, then ``seq``, exactly as
         :func:`jobsvc.models.claim` would. Concurrent callers never claim the same job."""
-        return await self._write(lambda tx: claim_jobs(tx, owner=owner, now=now, lease=lease, limit=limit, tasks=tasks))
+        request = ClaimRequest(owner=owner, now=now, lease=lease, limit=limit, tasks=tasks)
+        return await self._write(lambda tx: claim_jobs(tx, request))
 
     async def record(self, finished: Sequence[Finished]) -> list[Job | None]:
         """Write the outcomes of ended attempts in one transaction (group commit), each
@@ -354,6 +377,11 @@ class Store(abc.ABC):
             total += n
             if n < PRUNE_BATCH:
                 return total
+
+    def statistics(self) -> dict[str, int]:
+        """Counters of the store's own work since it opened (SQLite: transactions and
+        operations of its writer), for /stats and benchmarks; {} where there are none."""
+        return {}
 
     async def wait_for_work(self) -> None:
         """Return when another process may have made jobs claimable (PostgreSQL uses

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import random
+import typing
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -60,10 +61,10 @@ import trio
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from ..codec import JOB_FIELDS, job_from_row, job_to_row
+from ..codec import JOB_FIELDS, job_from_row
 from ..errors import ConfigError, StoreUnavailable
 from ..models import Job, JobState
-from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE
+from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE, insert_values, writable_values
 from .base import AttemptKey, Counts, Store, Tx
 
 __all__ = [
@@ -205,9 +206,19 @@ _COLS = ", ".join(JOB_FIELDS)
 _IN_CLAIMABLE = f"state IN ({', '.join(repr(v) for v in CLAIMABLE_STATES)})"  # as the partial indexes say it
 _IN_FINAL = f"state IN ({', '.join(repr(v) for v in FINAL_STATES)})"
 
+def _sql_type(name: str) -> str:
+    """A column's PostgreSQL type, from its Job field's type (JSON values are text)."""
+    hint = typing.get_type_hints(Job)[name]
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    return {int: "bigint", float: "double precision", bool: "boolean"}.get(kinds[0], "text")
+
+
+#: Every row of a batch in one statement (one trigger run for the counts, not one per row),
+#: in the batch's order; RETURNING names the rows inserted.
 _SQL_INSERT = (
     f"INSERT INTO jobs ({', '.join(INSERTED)}) "  # noqa: S608 - constant identifiers only
-    f"VALUES ({', '.join(f'%({c})s' for c in INSERTED)}) "
+    f"SELECT {', '.join(INSERTED)} FROM unnest({', '.join(f'%s::{_sql_type(c)}[]' for c in INSERTED)}) "
+    f"WITH ORDINALITY AS u({', '.join(INSERTED)}, n) ORDER BY n "
     f"ON CONFLICT DO NOTHING RETURNING {_COLS}"
 )
 _SQL_EXISTING = (
@@ -217,24 +228,8 @@ _SQL_NOTIFY = "SELECT pg_notify(%s, '')"
 _SQL_GET = f"SELECT {_COLS} FROM jobs WHERE id = %s"  # noqa: S608 - constant identifiers only
 _SQL_GET_FOR_UPDATE = _SQL_GET + " FOR UPDATE"
 
-#: The SQL type of each column a fenced update writes (the unnest() arrays need them).
-_TYPES = {
-    "state": "text",
-    "attempts": "integer",
-    "rescues": "integer",
-    "run_at": "double precision",
-    "updated_at": "double precision",
-    "finished_at": "double precision",
-    "result": "text",
-    "errors": "text",
-    "cancel_requested": "boolean",
-    "lease_owner": "text",
-    "lease_token": "bigint",
-    "lease_expires_at": "double precision",
-}
-assert set(_TYPES) == set(WRITABLE), set(WRITABLE) ^ set(_TYPES)
 _FENCE = (("fence_id", "text"), ("fence_state", "text"), ("fence_token", "bigint"), ("fence_cancel", "boolean"))
-_UNNEST = [*_FENCE, *((c, _TYPES[c]) for c in WRITABLE)]
+_UNNEST = [*_FENCE, *((c, _sql_type(c)) for c in WRITABLE)]
 #: Every fenced write of a batch in one statement; RETURNING names the rows written.
 _SQL_UPDATE = (
     f"UPDATE jobs j SET {', '.join(f'{c} = v.{c}' for c in WRITABLE)} "  # noqa: S608 - constant identifiers only
@@ -288,18 +283,10 @@ class _PgTx:
         self._notified = False
 
     def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
-        params = [{c: v for c, v in job_to_row(job).items() if c != "seq"} for job in jobs]
-        stored: list[Job | None] = []
-        with self._conn.cursor() as cur:
-            cur.executemany(_SQL_INSERT, params, returning=True)  # pipelined: one round trip
-            while True:
-                row = cur.fetchone()
-                stored.append(None if row is None else job_from_row(row))
-                if not cur.nextset():
-                    break
-        if len(stored) != len(jobs):  # pragma: no cover - psycopg contract
-            raise RuntimeError("executemany returned an unexpected number of results")
-        return stored
+        columns = [list(values) for values in zip(*(insert_values(job) for job in jobs), strict=True)]
+        inserted = {row[0]: job_from_row(row) for row in self._conn.execute(_SQL_INSERT, columns)}
+        # The first job of the batch with a given id is the one inserted (if any was).
+        return [inserted.pop(job.id, None) for job in jobs]
 
     def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
         ids = [job.id for job in jobs]
@@ -316,15 +303,11 @@ class _PgTx:
     def update(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
         if not pairs:
             return []
-        columns: dict[str, list[Any]] = {name: [] for name, _ in _UNNEST}
-        for new, expected in pairs:
-            row = job_to_row(new)
-            columns["fence_id"].append(expected.id)
-            columns["fence_state"].append(expected.state.value)
-            columns["fence_token"].append(expected.lease_token)
-            columns["fence_cancel"].append(expected.cancel_requested)
-            for c in WRITABLE:
-                columns[c].append(row[c])
+        rows = [
+            (expected.id, expected.state.value, expected.lease_token, expected.cancel_requested, *writable_values(new))
+            for new, expected in pairs
+        ]
+        columns = {name: list(values) for (name, _), values in zip(_UNNEST, zip(*rows, strict=True), strict=True)}
         written = {r[0] for r in self._conn.execute(_SQL_UPDATE, columns)}
         return [expected.id in written for _, expected in pairs]
 

@@ -17,9 +17,13 @@ Theory of operation
 * Reads use a small pool of read connections, which WAL lets run beside the writer.
 * Claims take due jobs one priority level at a time, each level a range scan of the partial
   index ``jobs_due (priority DESC, run_at, seq)`` that stops at the first job not yet due:
-  the cost does not grow with the backlog, nor with jobs scheduled for later.
-* Counts by task and state live in ``job_counts``, kept by triggers in the same
-  transactions as the changes, so reading them costs the same at any table size.
+  the cost does not grow with the backlog, nor with jobs scheduled for later. The next due
+  time is the first entry of each level. Every index is one more write per claim and per
+  outcome, so there are only those the queries use.
+* Counts by task and state: the store is exclusive, so they are counted once when it opens
+  (one scan) and then kept in memory, updated with the state changes of every committed
+  transaction (each primitive below reports its own): reading them costs nothing, at any
+  table size, and no write pays for them.
 * An exclusive ``flock`` on ``<db>.lock`` keeps a second jobsvc process off the same file:
   the store is *exclusive*, so at start-up every ``running`` job is an orphan.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -46,7 +51,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 #: The most operations one group commit takes.
 MAX_BATCH = 512
 READERS = 2
@@ -63,35 +68,15 @@ _UPDATE = (
 _TOP_LEVEL = f"SELECT priority FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} ORDER BY priority DESC LIMIT 1"  # noqa: S608
 _NEXT_LEVEL = f"SELECT priority FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority < ? ORDER BY priority DESC LIMIT 1"  # noqa: S608
 _DUE_AT_LEVEL = f"{_SELECT} INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority = ? AND run_at <= ?"  # noqa: S608
+_FIRST_AT_LEVEL = f"SELECT run_at FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority = ?"  # noqa: S608
 _RENEW = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'running' AND lease_token = ? AND lease_owner = ? RETURNING cancel_requested"
 _DELETE_FINISHED = (
     "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished "  # noqa: S608 - constant
-    f"WHERE finished_at < ? AND state IN ({', '.join(repr(s) for s in FINAL_STATES)}) LIMIT ?)"
+    f"WHERE finished_at < ? AND state IN ({', '.join(repr(s) for s in FINAL_STATES)}) LIMIT ?) "
+    "RETURNING task, state"
 )
 
-_COUNTS = """
-CREATE TABLE IF NOT EXISTS job_counts (
-    task  TEXT    NOT NULL,
-    state TEXT    NOT NULL,
-    n     INTEGER NOT NULL,
-    PRIMARY KEY (task, state)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN
-    INSERT INTO job_counts (task, state, n) VALUES (new.task, new.state, 1)
-        ON CONFLICT (task, state) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state ON jobs WHEN old.state IS NOT new.state BEGIN
-    UPDATE job_counts SET n = n - 1 WHERE task = old.task AND state = old.state;
-    INSERT INTO job_counts (task, state, n) VALUES (new.task, new.state, 1)
-        ON CONFLICT (task, state) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN
-    UPDATE job_counts SET n = n - 1 WHERE task = old.task AND state = old.state;
-END;
-CREATE INDEX IF NOT EXISTS jobs_due_run_at ON jobs (run_at) WHERE state IN ('pending', 'retrying');
-"""
-
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               TEXT    NOT NULL UNIQUE,
@@ -120,34 +105,39 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, run_at, seq)
     WHERE state IN ('pending', 'retrying');
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_task_seq ON jobs (task, seq);
-CREATE INDEX IF NOT EXISTS jobs_running ON jobs (lease_owner) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
-{_COUNTS}
+DROP INDEX IF EXISTS jobs_running;
 """
-
-#: Version 1 (jobsvc 0.1) -> 2: counts by task and state, kept by triggers; filled once here.
-_UPGRADE_1_TO_2 = f"""
-{_COUNTS}
-DELETE FROM job_counts;
-INSERT INTO job_counts (task, state, n) SELECT task, state, count(*) FROM jobs GROUP BY task, state;
-"""  # noqa: S608 - constant DDL
-
 
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
     return StoreUnavailable(f"the SQLite database is unavailable ({exc}); retry later")
 
 
+#: (task, state) -> change in the number of jobs
+Deltas = Counter[tuple[str, JobState]]
+
+
 class _SQLiteTx:
-    """The dialect: each primitive is a few statements on one connection."""
+    """The dialect: each primitive is a few statements on one connection, and notes the
+    change it made to the counts in ``deltas``."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.deltas: Deltas = Counter()
+
+    def take_deltas(self) -> Deltas:
+        deltas, self.deltas = self.deltas, Counter()
+        return deltas
 
     def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
         stored: list[Job | None] = []
         for job in jobs:
             cur = self._conn.execute(_INSERT, insert_values(job))
-            stored.append(attrs.evolve(job, seq=int(cur.lastrowid or 0)) if cur.rowcount == 1 else None)
+            if cur.rowcount == 1:
+                stored.append(attrs.evolve(job, seq=int(cur.lastrowid or 0)))
+                self.deltas[(job.task, job.state)] += 1
+            else:
+                stored.append(None)
         return stored
 
     def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
@@ -165,7 +155,14 @@ class _SQLiteTx:
         return None if row is None else job_from_row(row)
 
     def update(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
-        return [self._conn.execute(_UPDATE, update_values(new, expected)).rowcount == 1 for new, expected in pairs]
+        written = []
+        for new, expected in pairs:
+            ok = self._conn.execute(_UPDATE, update_values(new, expected)).rowcount == 1
+            if ok and new.state is not expected.state:
+                self.deltas[(expected.task, expected.state)] -= 1
+                self.deltas[(new.task, new.state)] += 1
+            written.append(ok)
+        return written
 
     @staticmethod
     def _task_filter(tasks: Collection[str]) -> str:
@@ -185,13 +182,20 @@ class _SQLiteTx:
         return found
 
     def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:
+        """The smallest of each priority level's first run_at (jobs_due is ordered by run_at
+        within a level): a probe per level, whatever the number of jobs."""
         if tasks is not None and not tasks:
             return None
         names = tuple(tasks or ())
-        task_sql = self._task_filter(names) if tasks is not None else ""
-        sql = f"SELECT run_at FROM jobs INDEXED BY jobs_due_run_at WHERE {_IN_CLAIMABLE}{task_sql} ORDER BY run_at LIMIT 1"  # noqa: S608
-        row = self._conn.execute(sql, names).fetchone()
-        return None if row is None else float(row[0])
+        sql = _FIRST_AT_LEVEL + (self._task_filter(names) if tasks is not None else "") + " ORDER BY run_at LIMIT 1"
+        earliest: float | None = None
+        level = self._conn.execute(_TOP_LEVEL).fetchone()
+        while level is not None:
+            row = self._conn.execute(sql, (level[0], *names)).fetchone()
+            if row is not None and (earliest is None or row[0] < earliest):
+                earliest = float(row[0])
+            level = self._conn.execute(_NEXT_LEVEL, level).fetchone()
+        return earliest
 
     def running(self, *, expired_at: float | None) -> list[Job]:
         if expired_at is None:
@@ -221,10 +225,14 @@ class _SQLiteTx:
         return [job_from_row(r) for r in self._conn.execute(sql, (*args, limit))]
 
     def counts(self) -> Counts:
-        return Counts.from_rows(self._conn.execute("SELECT task, state, n FROM job_counts WHERE n != 0").fetchall())
+        """A count of every row (one scan: the store opening); the store keeps them after."""
+        return Counts.from_rows(self._conn.execute("SELECT task, state, count(*) FROM jobs GROUP BY task, state").fetchall())
 
     def delete_finished(self, *, before: float, limit: int) -> int:
-        return self._conn.execute(_DELETE_FINISHED, (before, limit)).rowcount
+        deleted = self._conn.execute(_DELETE_FINISHED, (before, limit)).fetchall()
+        for task, state in deleted:
+            self.deltas[(task, JobState(state))] -= 1
+        return len(deleted)
 
     def notify(self) -> None:
         pass
@@ -237,6 +245,7 @@ class _Op:
     done: trio.Event = attrs.field(factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
+    deltas: Deltas | None = None  #: its change to the counts, once committed
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -250,8 +259,20 @@ class SQLiteStore(Store):
     kind = "sqlite"
     exclusive = True
 
-    def __init__(self, path: str, writer: sqlite3.Connection, readers: list[sqlite3.Connection], *, fsync_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        writer: sqlite3.Connection,
+        readers: list[sqlite3.Connection],
+        *,
+        counts: Counts | None = None,
+        fsync_interval: float = 1.0,
+    ) -> None:
         self.path = path
+        self._counts: Counter[tuple[str, JobState]] = Counter()
+        for task, states in (counts or Counts()).by_task.items():
+            for state, n in states.items():
+                self._counts[(task, state)] = n
         self.fsync_interval = fsync_interval
         self._writer = writer
         self._readers = readers
@@ -318,6 +339,9 @@ class SQLiteStore(Store):
                     for done in batch:
                         done.done.set()
                 if committed:
+                    for done in batch:
+                        if done.deltas:
+                            self._counts.update(done.deltas)
                     if durable:
                         self._unsynced_since = None
                     elif self._unsynced_since is None:
@@ -351,11 +375,14 @@ class SQLiteStore(Store):
                 conn.execute("SAVEPOINT op")
                 try:
                     op.result = op.fn(tx)
+                    op.deltas = tx.take_deltas()
                 except sqlite3.OperationalError as exc:
                     op.error = _unavailable(exc)
+                    tx.take_deltas()
                     conn.execute("ROLLBACK TO op")
                 except Exception as exc:  # noqa: BLE001 - handed to the caller
                     op.error = exc
+                    tx.take_deltas()
                     conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
@@ -368,6 +395,7 @@ class SQLiteStore(Store):
                 pass
             for op in batch:
                 op.error = _unavailable(exc)
+                op.deltas = None
             return False
         self.commits += 1
         self.operations += len(batch)
@@ -393,11 +421,22 @@ class SQLiteStore(Store):
         except sqlite3.OperationalError as exc:
             raise _unavailable(exc) from None
 
+    def statistics(self) -> dict[str, int]:
+        return {"commits": self.commits, "synced_commits": self.synced_commits, "operations": self.operations}
+
+    async def counts(self) -> Counts:
+        """Kept in memory (see the module docstring): no I/O."""
+        await trio.lowlevel.checkpoint()
+        return Counts.from_rows([(task, state.value, n) for (task, state), n in self._counts.items()])
+
+    async def ping(self) -> None:
+        await self._read(lambda tx: None)
+
     async def aclose(self) -> None:
         self._send.close()
 
 
-def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connection]]:
+def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connection], Counts]:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ConfigError(f"cannot open the SQLite database {path!r}: directory {directory!r} does not exist")
@@ -416,6 +455,7 @@ def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connec
         if mode != "wal":  # pragma: no cover - only on filesystems without shared memory
             raise ConfigError(f"SQLite refused WAL mode for {path!r} (got {mode!r})")
         _migrate(writer, path)
+        counts = _SQLiteTx(writer).counts()
         readers = [_connect(path) for _ in range(READERS)]
     except sqlite3.Error as exc:
         os.close(lock_fd)
@@ -423,7 +463,7 @@ def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connec
     except BaseException:
         os.close(lock_fd)
         raise
-    return lock_fd, writer, readers
+    return lock_fd, writer, readers, counts
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
@@ -431,18 +471,14 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise ConfigError(f"{path!r} has schema version {version}, newer than this jobsvc ({SCHEMA_VERSION}); upgrade jobsvc")
-    if version == SCHEMA_VERSION:
-        return
-    has_jobs = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone()
-    script = _UPGRADE_1_TO_2 if (version == 1 and has_jobs) else SCHEMA
-    conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+    conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
 
 
 @asynccontextmanager
 async def open_sqlite_store(path: str, *, fsync_interval: float = 1.0) -> AsyncIterator[SQLiteStore]:
-    lock_fd, writer, readers = await trio.to_thread.run_sync(_open_files, path)
+    lock_fd, writer, readers, counts = await trio.to_thread.run_sync(_open_files, path)
     try:
-        store = SQLiteStore(path, writer, readers, fsync_interval=fsync_interval)
+        store = SQLiteStore(path, writer, readers, counts=counts, fsync_interval=fsync_interval)
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run_writer)
             try:

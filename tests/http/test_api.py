@@ -482,7 +482,7 @@ async def test_ready_then_503_while_draining_and_submissions_503(client: httpx.A
     assert r.status_code == 200
     assert r.json() == {
         "status": "ready", "reason": "ok", "workers": 2, "busy_workers": 0, "channel_buffered": 0, "recording": 0,
-        "draining": False, "owner": "test-owner", "store": "memory",
+        "draining": False, "owner": "test-owner", "store": "memory", "store_stats": {},
     }
     service.begin_shutdown()
     r = await client.get("/ready")

@@ -121,6 +121,7 @@ async def test_priority_decides_who_runs_next(start_service: Any, autojump_clock
     """One busy worker: queued jobs then run highest priority first."""
     service = await start_service(workers=1)
     await submit(service, "nap", {"seconds": 1})
+    await trio.sleep(0.5)  # it runs (t=0 to 1); the next three wait for the worker
     low = await submit(service, "nap", {"seconds": 1}, priority=-5)
     high = await submit(service, "nap", {"seconds": 1}, priority=5)
     mid = await submit(service, "nap", {"seconds": 1})

@@ -14,7 +14,7 @@ DEFAULTS = {
     "bind": "127.0.0.1:3000",
     "db": "sqlite:///jobsvc.db",
     "tasks": (),
-    "workers": 8,
+    "workers": 32,
     "grace": 20.0,
     "max_pending": 10_000,
     "max_attempts": 5,
