@@ -230,13 +230,16 @@ _SQL_GET_FOR_UPDATE = _SQL_GET + " FOR UPDATE"
 
 _FENCE = (("fence_id", "text"), ("fence_state", "text"), ("fence_token", "bigint"), ("fence_cancel", "boolean"))
 _UNNEST = [*_FENCE, *((c, _sql_type(c)) for c in WRITABLE)]
-#: Every fenced write of a batch in one statement; RETURNING names the rows written.
+#: Every fenced write of a batch in one statement; RETURNING names the rows written. Rows
+#: are locked in id order first, as the heartbeat locks them: two statements of this kind
+#: (an outcome batch and a heartbeat over the same attempts) can never deadlock.
 _SQL_UPDATE = (
-    f"UPDATE jobs j SET {', '.join(f'{c} = v.{c}' for c in WRITABLE)} "  # noqa: S608 - constant identifiers only
-    f"FROM unnest({', '.join(f'%({name})s::{type_}[]' for name, type_ in _UNNEST)}) "
-    f"AS v({', '.join(name for name, _ in _UNNEST)}) "
-    "WHERE j.id = v.fence_id AND j.state = v.fence_state AND j.lease_token = v.fence_token "
-    "AND j.cancel_requested = v.fence_cancel RETURNING j.id"
+    f"WITH v AS (SELECT * FROM unnest({', '.join(f'%({name})s::{type_}[]' for name, type_ in _UNNEST)}) "  # noqa: S608 - constant identifiers only
+    f"AS v({', '.join(name for name, _ in _UNNEST)})), "
+    "locked AS (SELECT j.id FROM jobs j JOIN v ON j.id = v.fence_id ORDER BY j.id FOR UPDATE OF j) "
+    f"UPDATE jobs j SET {', '.join(f'{c} = v.{c}' for c in WRITABLE)} FROM v "
+    "WHERE j.id = v.fence_id AND j.id IN (SELECT id FROM locked) AND j.state = v.fence_state "
+    "AND j.lease_token = v.fence_token AND j.cancel_requested = v.fence_cancel RETURNING j.id"
 )
 
 #: Sent before the claim queries, for this transaction only: the planner's row estimates for
@@ -244,6 +247,9 @@ _SQL_UPDATE = (
 #: arrives); without sorts and bitmap scans it walks the jobs_due index in claim order and
 #: stops at n, whatever the statistics say.
 _SQL_CLAIM_PLAN = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
+#: ... and undone right after them: the writes that follow (and the counts trigger they fire)
+#: need the planner's full choice (with sorts off, the trigger's aggregation took 100+ ms).
+_SQL_CLAIM_PLAN_END = "SELECT set_config('enable_sort', 'on', true), set_config('enable_bitmapscan', 'on', true)"
 _SQL_TOP_LEVEL = f"SELECT priority FROM jobs WHERE {_IN_CLAIMABLE} ORDER BY priority DESC LIMIT 1"  # noqa: S608 - constant
 _SQL_NEXT_LEVEL = f"SELECT priority FROM jobs WHERE {_IN_CLAIMABLE} AND priority < %s ORDER BY priority DESC LIMIT 1"  # noqa: S608 - constant
 _DUE_AT_LEVEL = f"SELECT {_COLS} FROM jobs WHERE {_IN_CLAIMABLE} AND priority = %(level)s AND run_at <= %(now)s"  # noqa: S608 - constant
@@ -253,9 +259,11 @@ _SQL_DUE_TASKS = _DUE_AT_LEVEL + " AND task = ANY(%(tasks)s::text[])" + _DUE_TAI
 _SQL_NEXT_RUN_AT = f"SELECT min(run_at) FROM jobs WHERE {_IN_CLAIMABLE}"  # noqa: S608 - constant
 _SQL_NEXT_RUN_AT_TASKS = _SQL_NEXT_RUN_AT + " AND task = ANY(%(tasks)s::text[])"
 _SQL_RENEW = (
-    "UPDATE jobs j SET lease_expires_at = %(expires)s FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS k(id, token) "
-    "WHERE j.id = k.id AND j.lease_token = k.token AND j.state = 'running' AND j.lease_owner = %(owner)s "
-    "RETURNING j.id, j.lease_token, j.cancel_requested"
+    "WITH k AS (SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::bigint[]) AS k(id, token)), "
+    "locked AS (SELECT j.id FROM jobs j JOIN k ON j.id = k.id ORDER BY j.id FOR UPDATE OF j) "
+    "UPDATE jobs j SET lease_expires_at = %(expires)s FROM k "
+    "WHERE j.id = k.id AND j.id IN (SELECT id FROM locked) AND j.lease_token = k.token AND j.state = 'running' "
+    "AND j.lease_owner = %(owner)s RETURNING j.id, j.lease_token, j.cancel_requested"
 )
 _SQL_EXPIRED = (
     f"SELECT {_COLS} FROM jobs WHERE state = 'running' AND lease_expires_at <= %(now)s "  # noqa: S608 - constant identifiers only
@@ -321,11 +329,14 @@ class _PgTx:
             params["tasks"] = list(tasks)
         self._conn.execute(_SQL_CLAIM_PLAN)
         found: list[Job] = []
-        level = self._conn.execute(_SQL_TOP_LEVEL).fetchone()
-        while level is not None and len(found) < limit:
-            params.update(level=level[0], limit=limit - len(found))
-            found.extend(job_from_row(r) for r in self._conn.execute(query, params))
-            level = self._conn.execute(_SQL_NEXT_LEVEL, (level[0],)).fetchone()
+        try:
+            level = self._conn.execute(_SQL_TOP_LEVEL).fetchone()
+            while level is not None and len(found) < limit:
+                params.update(level=level[0], limit=limit - len(found))
+                found.extend(job_from_row(r) for r in self._conn.execute(query, params))
+                level = self._conn.execute(_SQL_NEXT_LEVEL, (level[0],)).fetchone()
+        finally:
+            self._conn.execute(_SQL_CLAIM_PLAN_END)
         return found
 
     def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:

@@ -549,3 +549,30 @@ async def test_worker_side_writes_do_not_wait_for_the_wal_flush(pg_url: str) -> 
         assert await store._write(setting) == "off"
     async with open_postgres_store(pg_url, fsync_interval=0) as store:
         assert await store._write(setting) == "on"
+
+
+async def test_a_batch_write_locks_rows_in_id_order_so_it_cannot_deadlock(store: PostgresStore, pg_url: str) -> None:
+    """Outcome batches and heartbeats write many rows in one statement; both lock them in id
+    order. Here another transaction holds row "a" and a batch writes ["b", "a"]: the batch
+    waits for "a" holding nothing, so the other transaction can still take "b" (with the
+    array's order it would hold "b" and the two would deadlock)."""
+    await store.insert([make_job("a"), make_job("b")])
+    a, b = await claim_all(store, owner="w", limit=2)
+    done: list[Job | None] = []
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("SELECT 1 FROM jobs WHERE id = 'a' FOR UPDATE")
+
+        async def write() -> None:
+            by_id = {j.id: j for j in (a, b)}
+            done.extend(await store.record([Finished(by_id["b"], Succeeded(2), NOW), Finished(by_id["a"], Succeeded(1), NOW)]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await wait_until(
+                lambda: sql(pg_url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")[0][0] == 1,
+                what="the batch waiting for row a",
+            )
+            holder.execute("SET lock_timeout = '3s'")
+            holder.execute("SELECT 1 FROM jobs WHERE id = 'b' FOR UPDATE")  # would deadlock if the batch held b
+            holder.commit()
+    assert [j.state if j else None for j in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
