@@ -6,9 +6,10 @@ Every error is RFC 9457 ``application/problem+json``; no response ever carries a
 from __future__ import annotations
 
 import http
+import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import trio
@@ -22,6 +23,7 @@ from . import codec
 from .errors import (
     BadRequest,
     InvalidJob,
+    JobNotFound,
     JobsvcError,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -35,12 +37,17 @@ from .service import JobService
 __all__ = ["create_app"]
 
 log = logging.getLogger("jobsvc.http")
+T = TypeVar("T")
 
 #: A request body must arrive within this many seconds (slow-body attacks), else 408.
 BODY_DEADLINE = 10.0
 MAX_BATCH = 1000
 MAX_WAIT = 60.0
 MAX_LIMIT = 1000
+#: A page of GET /jobs holds at most this much JSON (plus one job, however large).
+MAX_PAGE_BYTES = 1024 * 1024
+#: Jobs read from the store at a time while building a page.
+LIST_CHUNK = 50
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
@@ -97,6 +104,15 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 def _service(request: Request) -> JobService:
     return request.app.state.service  # type: ignore[no-any-return]
+
+
+def _job_id(request: Request) -> str:
+    """The job id of the path; one that no job can have (a NUL byte, a slash, 300
+    characters...) is a 404 at once, without a store lookup."""
+    job_id: str = request.path_params["job_id"]
+    if not codec.is_job_id(job_id):
+        raise JobNotFound(f"no job has the id {job_id[:140]!r}")
+    return job_id
 
 
 async def read_json(request: Request) -> Any:
@@ -164,8 +180,40 @@ async def submit_batch(request: Request) -> Response:
     return ok({"jobs": [{**job_body(d.job), "created": d.created} for d in done]}, status=202)
 
 
+async def _client_left(request: Request) -> None:
+    """Return when the client has gone away. hypercorn delivers ``http.disconnect`` on the
+    request's receive channel as soon as it reads the end of the connection (Starlette's
+    ``is_disconnected()`` cannot see it under trio: it polls in a cancelled scope). A GET
+    has no body, so everything else on the channel is ignored."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_client_leaves(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
+    """``await work()``, or None as soon as the client hangs up: an abandoned long poll must
+    not keep its socket (and a store read per poll) for the rest of its wait."""
+    result: list[T] = []
+    failure: list[Exception] = []
+
+    async def run() -> None:
+        try:
+            result.append(await work())
+        except Exception as exc:  # noqa: BLE001 - raised below, as itself (not in a group)
+            failure.append(exc)
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await _client_left(request)
+        log.debug("client left during %s %s", request.method, request.url.path)
+        nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return result[0] if result else None
+
+
 async def get_job(request: Request) -> Response:
-    job_id = request.path_params["job_id"]
+    job_id = _job_id(request)
     wait = request.query_params.get("wait")
     service = _service(request)
     if wait is None:
@@ -177,12 +225,15 @@ async def get_job(request: Request) -> Response:
             seconds = -1.0
         if not 0 <= seconds <= MAX_WAIT:
             raise BadRequest(f"wait must be a number of seconds between 0 and {MAX_WAIT:g}")
-        job = await service.wait(job_id, seconds)
+        waited = await unless_client_leaves(request, lambda: service.wait(job_id, seconds))
+        if waited is None:  # nobody is listening any more: free the connection now
+            return Response(status_code=499)
+        job = waited
     return ok(job_body(job))
 
 
 async def seed_status(request: Request) -> Response:
-    job = await _service(request).get(request.path_params["job_id"])
+    job = await _service(request).get(_job_id(request))
     return ok({**job_body(job), "status": job.state.value})
 
 
@@ -208,27 +259,54 @@ def _int_param(request: Request, name: str, default: int | None, low: int, high:
     return int(raw)
 
 
+def _encode(value: Any) -> bytes:
+    """JSON as Starlette's JSONResponse writes it."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
 async def list_jobs(request: Request) -> Response:
+    """A page of jobs in submission order. Bounded twice: at most ``limit`` jobs and, past
+    the first job, at most MAX_PAGE_BYTES of JSON (payloads and results can be large), read
+    from the store LIST_CHUNK jobs at a time; ``next`` continues after the last job shown."""
     states = _parse_states(request.query_params.get("state"))
     task = request.query_params.get("task") or None
     limit = _int_param(request, "limit", 100, 1, MAX_LIMIT) or 100
     after = _int_param(request, "after", None, 0, 2**62)
-    jobs = await _service(request).list_jobs(states=states, task=task, after=after, limit=limit)
+    service = _service(request)
+    encoded: list[bytes] = []
+    size = 0
+    more = False
+    while len(encoded) < limit:
+        want = min(LIST_CHUNK, limit - len(encoded))
+        jobs = await service.list_jobs(states=states, task=task, after=after, limit=want)
+        for job in jobs:
+            item = _encode(job_body(job))
+            if encoded and size + len(item) > MAX_PAGE_BYTES:
+                more = True
+                break
+            encoded.append(item)
+            size += len(item)
+            after = job.seq
+        if more or len(jobs) < want:
+            break
+    if len(encoded) == limit:
+        more = True
     next_url = None
-    if len(jobs) == limit:
+    if more:
         query = {k: v for k, v in request.query_params.items() if k != "after"}
-        query["after"] = str(jobs[-1].seq)
+        query["after"] = str(after)
         next_url = f"/jobs?{urlencode(query)}"
-    return ok({"jobs": [job_body(j) for j in jobs], "next": next_url})
+    body = b'{"jobs":[' + b",".join(encoded) + b'],"next":' + _encode(next_url) + b"}"
+    return Response(body, media_type="application/json", headers=_HEADERS)
 
 
 async def retry_job(request: Request) -> Response:
-    job = await _service(request).retry(request.path_params["job_id"])
+    job = await _service(request).retry(_job_id(request))
     return ok(job_body(job))
 
 
 async def cancel_job(request: Request) -> Response:
-    job = await _service(request).cancel(request.path_params["job_id"])
+    job = await _service(request).cancel(_job_id(request))
     return ok(job_body(job), status=202 if job.state is JobState.RUNNING else 200)
 
 

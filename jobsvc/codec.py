@@ -40,6 +40,7 @@ __all__ = [
     "converter",
     "dumps",
     "fingerprint",
+    "is_job_id",
     "iso",
     "job_from_row",
     "job_to_json",
@@ -216,6 +217,11 @@ def _check_id(value: str | int | None) -> str | None:
             "starting with a letter or digit"
         )
     return None
+
+
+def is_job_id(text: str) -> bool:
+    """Could ``text`` be a job id? (A client's id, a numeric id, or a generated UUID.)"""
+    return len(text) <= MAX_ID_LENGTH and _ID_RE.fullmatch(text) is not None
 
 
 def _between(name: str, value: float | None, low: float, high: float) -> str | None:

@@ -283,8 +283,15 @@ _LIST_AFTER = " AND seq > %(after)s"
 _LIST_TAIL = " ORDER BY seq LIMIT %(limit)s"
 
 
+def _storable(text: str | None) -> bool:
+    """PostgreSQL text cannot hold a NUL character: such a string matches no row (looking it
+    up would be an error, a 500, instead of "not found")."""
+    return text is None or "\x00" not in text
+
+
 class _PgTx:
-    """The dialect: each primitive is one statement (or one pipelined round trip)."""
+    """The dialect: each primitive is one statement (or one pipelined round trip). Every
+    string a lookup sends is checked with :func:`_storable` first."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
@@ -297,14 +304,16 @@ class _PgTx:
         return [inserted.pop(job.id, None) for job in jobs]
 
     def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
-        ids = [job.id for job in jobs]
-        keys = [job.idempotency_key for job in jobs if job.idempotency_key is not None]
+        ids = [job.id for job in jobs if _storable(job.id)]
+        keys = [job.idempotency_key for job in jobs if job.idempotency_key is not None and _storable(job.idempotency_key)]
         rows = [job_from_row(r) for r in self._conn.execute(_SQL_EXISTING, {"ids": ids, "keys": keys})]
         by_id = {j.id: j for j in rows}
         by_key = {j.idempotency_key: j for j in rows if j.idempotency_key is not None}
         return [by_id.get(job.id) or (by_key.get(job.idempotency_key) if job.idempotency_key else None) for job in jobs]
 
     def get(self, job_id: str, *, lock: bool = False) -> Job | None:
+        if not _storable(job_id):
+            return None
         row = self._conn.execute(_SQL_GET_FOR_UPDATE if lock else _SQL_GET, (job_id,)).fetchone()
         return None if row is None else job_from_row(row)
 
@@ -320,6 +329,7 @@ class _PgTx:
         return [expected.id in written for _, expected in pairs]
 
     def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
+        tasks = None if tasks is None else [t for t in tasks if _storable(t)]
         if tasks is not None and not tasks:
             return []
         params: dict[str, Any] = {"now": now}
@@ -354,10 +364,13 @@ class _PgTx:
         return [job_from_row(r) for r in rows]
 
     def renew(self, *, owner: str, keys: Collection[AttemptKey], expires: float) -> dict[AttemptKey, bool]:
+        keys = [k for k in keys if _storable(k[0])]
         params = {"owner": owner, "expires": expires, "ids": [k[0] for k in keys], "tokens": [k[1] for k in keys]}
         return {(job_id, int(token)): bool(cancel) for job_id, token, cancel in self._conn.execute(_SQL_RENEW, params)}
 
     def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
+        if not _storable(task):
+            return []
         query = _LIST_BASE
         params: dict[str, Any] = {"limit": limit}
         if states:

@@ -26,11 +26,20 @@ Theory of operation
   table size, and no write pays for them.
 * An exclusive ``flock`` on ``<db>.lock`` keeps a second jobsvc process off the same file:
   the store is *exclusive*, so at start-up every ``running`` job is an orphan.
+* Faults. Before each write batch the writer checks that the database file is still the
+  one it opened (same device and inode): a file removed or replaced under a running service
+  makes every later write fail (503) with the reason, instead of acknowledging jobs into a
+  file nobody will read again. A batch that fails for the database's own reasons (disk
+  full, read-only file) marks the store as failing; ``ping`` (``/ready``) then tries a
+  real write and stays unavailable until one succeeds. ``journal_size_limit`` keeps the WAL
+  file from growing without bound, and a full disk triggers a truncating checkpoint, so the
+  space the WAL held is given back once writes can go on.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 from collections import Counter
@@ -50,12 +59,15 @@ from .base import AttemptKey, Counts, Store, Tx
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
 
 T = TypeVar("T")
+log = logging.getLogger("jobsvc")
 
 SCHEMA_VERSION = 1
 #: The most operations one group commit takes.
 MAX_BATCH = 512
 READERS = 2
 BUSY_TIMEOUT_MS = 5000
+#: The WAL file is truncated back to this size after a checkpoint.
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 _COLS = ", ".join(JOB_FIELDS)
 _SELECT = f"SELECT {_COLS} FROM jobs"  # noqa: S608 - constant identifiers only
@@ -107,9 +119,10 @@ CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_task_seq ON jobs (task, seq);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 DROP INDEX IF EXISTS jobs_running;
+CREATE TABLE IF NOT EXISTS jobsvc_health (id INTEGER PRIMARY KEY CHECK (id = 1), probes INTEGER NOT NULL);
 """
 
-def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"the SQLite database is unavailable ({exc}); retry later")
 
 
@@ -237,6 +250,23 @@ class _SQLiteTx:
     def notify(self) -> None:
         pass
 
+    def probe(self) -> None:
+        """A real (tiny) write, for readiness while writes are failing."""
+        self._conn.execute("INSERT INTO jobsvc_health (id, probes) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET probes = probes + 1")
+
+
+class _BatchLost(Exception):
+    """SQLite ended the batch's transaction itself, for this reason."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _probe(tx: Tx) -> None:
+    assert isinstance(tx, _SQLiteTx)
+    tx.probe()
+
 
 @attrs.define
 class _Op:
@@ -252,7 +282,16 @@ def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class SQLiteStore(Store):
@@ -269,6 +308,11 @@ class SQLiteStore(Store):
         fsync_interval: float = 1.0,
     ) -> None:
         self.path = path
+        self._identity = _identity(path)
+        #: why writes can never succeed again in this process (the file was removed or replaced)
+        self.broken: str | None = None
+        #: the last write batch failed for the database's own reasons (disk full, read-only...)
+        self.write_error: str | None = None
         self._counts: Counter[tuple[str, JobState]] = Counter()
         for task, states in (counts or Counts()).by_task.items():
             for state, n in states.items():
@@ -360,12 +404,23 @@ class SQLiteStore(Store):
         """Run the batch in one transaction; True when it committed."""
         conn = self._writer
         mode = "FULL" if durable else "NORMAL"
+        if self.broken is None and _identity(self.path) != self._identity:
+            self.broken = (
+                f"the database file {self.path!r} was removed or replaced while jobsvc was running; "
+                "jobs written now would be lost: restart jobsvc"
+            )
+            log.error("%s", self.broken)
+        if self.broken is not None:
+            for op in batch:
+                op.error = StoreUnavailable(self.broken)
+            return False
         try:
             if mode != self._synchronous:
                 conn.execute(f"PRAGMA synchronous = {mode}")
                 self._synchronous = mode
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._failed(exc)
             for op in batch:
                 op.error = _unavailable(exc)
             return False
@@ -376,31 +431,43 @@ class SQLiteStore(Store):
                 try:
                     op.result = op.fn(tx)
                     op.deltas = tx.take_deltas()
-                except sqlite3.OperationalError as exc:
-                    op.error = _unavailable(exc)
-                    tx.take_deltas()
-                    conn.execute("ROLLBACK TO op")
                 except Exception as exc:  # noqa: BLE001 - handed to the caller
-                    op.error = exc
+                    op.error = _unavailable(exc) if isinstance(exc, sqlite3.OperationalError) else exc
                     tx.take_deltas()
+                    if not conn.in_transaction:  # SQLite rolled the whole batch back (disk full...)
+                        raise _BatchLost(exc) from exc
                     conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, _BatchLost) as caught:
             # SQLite may have rolled the whole transaction back itself (disk full, I/O
             # error): then nothing of this batch is committed, whatever each op returned.
+            cause = caught.cause if isinstance(caught, _BatchLost) else caught
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:  # pragma: no cover - nothing left to undo
                 pass
+            self._failed(cause)
             for op in batch:
-                op.error = _unavailable(exc)
+                op.error = _unavailable(cause)
                 op.deltas = None
             return False
+        self.write_error = None
         self.commits += 1
         self.operations += len(batch)
         self.synced_commits += durable
         return True
+
+    def _failed(self, exc: Exception) -> None:
+        """A batch failed for the database's own reasons: remember it (readiness), and on a
+        full disk give back the space the WAL holds, so writes can go on once there is room."""
+        self.write_error = str(exc)
+        log.warning("SQLite writes are failing: %s", exc)
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
 
     async def _read(self, fn: Callable[[Tx], T]) -> T:
         async with self._read_limiter:
@@ -430,6 +497,12 @@ class SQLiteStore(Store):
         return Counts.from_rows([(task, state.value, n) for (task, state), n in self._counts.items()])
 
     async def ping(self) -> None:
+        """Unavailable when the file was removed or replaced, or when writes are failing (a
+        real write is tried then, so readiness comes back as soon as writes do)."""
+        if self.broken is not None:
+            raise StoreUnavailable(self.broken)
+        if self.write_error is not None:
+            await self._write(_probe, durable=True)
         await self._read(lambda tx: None)
 
     async def aclose(self) -> None:

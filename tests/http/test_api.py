@@ -843,3 +843,31 @@ async def test_stats_counts_jobs_by_state(client: httpx.AsyncClient) -> None:
     assert body["jobs"]["pending"] == 1 and body["jobs"]["succeeded"] == 0
     assert body["oldest_due_age"] is None
     assert body["instance"]["workers"] == 2 and body["instance"]["draining"] is False
+
+
+async def test_a_page_of_large_jobs_is_bounded_in_bytes(client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /jobs?limit=1000 over jobs with large payloads stops adding jobs once the page
+    passes MAX_PAGE_BYTES (always at least one job), and ``next`` continues right after the
+    last job shown: following it visits every job once."""
+    from jobsvc import app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_PAGE_BYTES", 50_000)
+    big = "x" * 20_000
+    ids = [(await client.post("/jobs", json={"task": "echo", "payload": big, "delay": 600})).json()["id"] for _ in range(7)]
+    seen: list[str] = []
+    url: str | None = "/jobs?limit=1000"
+    pages = 0
+    while url is not None:
+        r = await client.get(url)
+        assert r.status_code == 200 and len(r.content) < 50_000 + 21_000
+        body = r.json()
+        seen.extend(j["id"] for j in body["jobs"])
+        url = body["next"]
+        pages += 1
+    assert seen == ids and pages == 4  # 2 + 2 + 2 + 1 jobs of ~20 kB
+
+
+async def test_a_long_poll_of_an_unknown_job_is_404(client: httpx.AsyncClient) -> None:
+    """GET /jobs/{id}?wait=S for a job that does not exist answers 404 job-not-found at once
+    (the wait's error is not lost in the race with the client's disconnect)."""
+    assert_problem(await client.get("/jobs/nope?wait=5"), 404, "job-not-found")

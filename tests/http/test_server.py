@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -139,3 +140,29 @@ async def test_asgi_app_under_hypercorn_runs_jobs_and_drains_in_its_lifespan(tmp
         released = await store.get(slow["id"])
         assert released is not None and (released.state, released.attempts, released.lease_owner) == (JobState.PENDING, 0, None)
         assert (await store.counts()).by_state()[JobState.RUNNING] == 0
+
+
+async def test_abandoned_long_polls_are_freed_at_once(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Clients that send GET /jobs/{id}?wait=60 and hang up at once free their connection,
+    their long-poll wait and its store reads within moments, not after 60 s; the server
+    keeps answering meanwhile."""
+    import os
+    import socket
+
+    settings = Settings(bind="127.0.0.1:0", db=f"sqlite:///{tmp_path / 'jobs.db'}", workers=2, grace=0.5)
+    running: Running = await nursery.start(partial(run_service, settings, registry=Registry.from_modules(["testtasks"])))
+    waiters = running.service._waiters
+    fds_before = len(os.listdir("/proc/self/fd"))
+    host, port = running.url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        job = (await client.post("/jobs", json={"task": "echo", "payload": 1, "delay": 600})).json()
+        with trio.fail_after(10):
+            for _ in range(20):
+                sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                await sock.connect((host, int(port)))
+                await sock.send(f"GET /jobs/{job['id']}?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                sock.close()
+            while len(waiters) or len(os.listdir("/proc/self/fd")) > fds_before + 2:  # noqa: ASYNC110 - a real server, bounded by fail_after
+                assert (await client.get("/health")).status_code == 200
+                await trio.sleep(0.05)
+    running.shutdown()
