@@ -18,7 +18,7 @@ import trio
 
 from . import __version__, clientcli
 from .config import Settings
-from .errors import ConfigError, StoreUnavailable
+from .errors import ConfigError, StoreUnavailable, unwrap
 
 __all__ = ["main"]
 
@@ -78,13 +78,6 @@ def _listening(binds: list[str]) -> None:
         print(f"listening on {bind}", flush=True)
 
 
-def _single(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-exception groups (trio's nurseries wrap)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in clientcli.COMMANDS:
@@ -93,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args, flags)
     except BaseExceptionGroup as group:
-        exc = _single(group)
+        exc = unwrap(group)  # trio's nurseries wrap what they raise
         if isinstance(exc, ConfigError):
             print(f"jobsvc: error: {exc}", file=sys.stderr)
             return 2

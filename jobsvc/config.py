@@ -8,6 +8,7 @@ silently ignored.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -29,10 +30,18 @@ OTHER_ENV = {
 }
 
 
+#: A libpq connection string of ``key=value`` pairs ("host=db dbname=jobs user=app").
+_CONNINFO = re.compile(r"\s*[A-Za-z_]+\s*=\s*('(?:[^'\\]|\\.)*'|\S*)(\s+[A-Za-z_]+\s*=\s*('(?:[^'\\]|\\.)*'|\S*))*\s*")
+_CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """``url`` with any password (user-info or a ``password=`` query parameter) masked."""
+    """``url`` with any password (user-info, a ``password=`` query parameter, or a
+    ``password=`` pair of a key=value connection string) masked."""
     if "@" not in url and "password" not in url.lower():
         return url
+    if "://" not in url:
+        return _CONNINFO_PASSWORD.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -64,12 +73,12 @@ class DatabaseURL:
             if not path or path.endswith("/"):
                 raise ConfigError(f"invalid database URL {url!r}: no file name after 'sqlite:///'")
             return cls("sqlite", url, path)
-        if url.startswith(("postgresql://", "postgres://")):
+        if url.startswith(("postgresql://", "postgres://")) or ("=" in url and _CONNINFO.fullmatch(url)):
             return cls("postgresql", url)
         raise ConfigError(
             f"invalid database URL {redact(url)!r}; expected 'sqlite:///jobsvc.db' (relative), "
             "'sqlite:////var/lib/jobsvc/jobs.db' (absolute), 'memory:' or "
-            "'postgresql://user@host:5432/dbname'"
+            "'postgresql://user@host:5432/dbname' (or a 'host=... dbname=...' connection string)"
         )
 
     @property

@@ -38,6 +38,7 @@ __all__ = [
     "TooManyPending",
     "UnknownTask",
     "UnsupportedMediaType",
+    "unwrap",
 ]
 
 
@@ -149,3 +150,11 @@ class ConfigError(JobsvcError):
     """The configuration is invalid."""
 
     slug = "config-error"
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-exception groups (trio's nurseries wrap what
+    they raise); ``exc`` itself otherwise."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -29,6 +29,7 @@ from hypercorn.config import Config as HypercornConfig
 from .app import create_app
 from .clock import Clock
 from .config import Settings
+from .errors import ConfigError, unwrap
 from .metrics import PrometheusObserver
 from .retry import Rng
 from .service import JobService, Shutdown, open_service
@@ -102,14 +103,21 @@ async def run_service(
             if not shutdown.draining:  # not shut down while recovery waited for the store
                 async with trio.open_nursery() as http:
                     shutdown.attach(http.cancel_scope, slack=HTTP_SLACK)  # never serve past the drain
-                    binds = await http.start(
-                        lambda task_status: hypercorn.trio.serve(
-                            create_app(service),  # type: ignore[arg-type]
-                            hypercorn_config(settings),
-                            shutdown_trigger=shutdown.requested.wait,
-                            task_status=task_status,
+                    try:
+                        binds = await http.start(
+                            lambda task_status: hypercorn.trio.serve(
+                                create_app(service),  # type: ignore[arg-type]
+                                hypercorn_config(settings),
+                                shutdown_trigger=shutdown.requested.wait,
+                                task_status=task_status,
+                            )
                         )
-                    )
+                    except (OSError, BaseExceptionGroup) as exc:
+                        error = unwrap(exc)
+                        if not isinstance(error, OSError):
+                            raise
+                        shutdown.force()
+                        raise ConfigError(f"cannot listen on {settings.bind}: {error.strerror or error}") from None
                     log.info(
                         "jobsvc serving on %s (store: %s, %d workers, tasks: %s)",
                         ", ".join(binds), service.statistics()["store"], settings.workers, ", ".join(service.task_names()),

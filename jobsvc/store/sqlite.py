@@ -513,7 +513,10 @@ def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connec
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ConfigError(f"cannot open the SQLite database {path!r}: directory {directory!r} does not exist")
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the SQLite database {path!r}: cannot create its lock file {path + '.lock'!r}: {exc.strerror}") from None
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

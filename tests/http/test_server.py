@@ -166,3 +166,52 @@ async def test_abandoned_long_polls_are_freed_at_once(tmp_path: Path, nursery: t
                 assert (await client.get("/health")).status_code == 200
                 await trio.sleep(0.05)
     running.shutdown()
+
+
+def test_start_up_failures_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A lock file that cannot be created, a database in an unusable place and a port in use
+    are each one line on stderr and exit code 2; no traceback."""
+    import socket
+
+    (tmp_path / "x.db.lock").mkdir()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cases = [
+        (["serve", "--bind", "127.0.0.1:0", "--db", f"sqlite:///{tmp_path}/x.db"], "cannot create its lock file"),
+        (["serve", "--bind", "127.0.0.1:0", "--db", "sqlite:////proc/jobsvc-test.db"], "cannot open the SQLite database"),
+        (["serve", "--bind", f"127.0.0.1:{port}", "--db", "memory:"], f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+    ]
+    try:
+        for argv, message in cases:
+            assert cli.main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err, err
+            assert [line for line in err.splitlines() if line.startswith("jobsvc: error:")] == [err.strip().splitlines()[-1]]
+    finally:
+        taken.close()
+        # hypercorn does not close the socket it failed to bind (the process exits after
+        # this error, so it does not matter there); collect it here, not in the next test.
+        import gc
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+
+
+def test_a_key_value_dsn_is_postgresql_and_its_password_is_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A libpq key=value connection string is accepted as PostgreSQL; errors name the server
+    without the password."""
+    from jobsvc.config import DatabaseURL
+
+    dsn = "host=127.0.0.1 port=1 user=root password=hunter2 dbname=nowhere"
+    assert DatabaseURL.parse(dsn).scheme == "postgresql"
+    assert "hunter2" not in DatabaseURL.parse(dsn).display
+    assert cli.main(["serve", "--bind", "127.0.0.1:0", "--db", dsn]) == 1
+    err = capsys.readouterr().err
+    assert "unavailable" in err and "hunter2" not in err and "Traceback" not in err
+    assert cli.main(["serve", "--db", "nonsense password=hunter2"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid database URL" in err and "hunter2" not in err
