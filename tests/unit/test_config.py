@@ -139,7 +139,7 @@ def test_bad_environment_values_are_config_errors(env: dict[str, str], message: 
         ({"bind": ":3000"}, "invalid bind address ':3000'; expected HOST:PORT such as 127.0.0.1:3000"),
         ({"bind": "host:70000"}, "invalid bind address 'host:70000'; expected HOST:PORT such as 127.0.0.1:3000"),
         ({"bind": "host:http"}, "invalid bind address 'host:http'; expected HOST:PORT such as 127.0.0.1:3000"),
-        ({"db": "mysql://x"}, "invalid database URL 'mysql://x'; expected 'sqlite:///jobsvc.db' (relative), 'sqlite:////var/lib/jobsvc/jobs.db' (absolute), 'memory:' or 'postgresql://user@host:5432/dbname'"),
+        ({"db": "mysql://x"}, "invalid database URL 'mysql://x'; expected 'sqlite:///jobsvc.db' (relative), 'sqlite:////var/lib/jobsvc/jobs.db' (absolute), 'memory:' or 'postgresql://user@host:5432/dbname' (or a 'host=... dbname=...' connection string)"),
         ({"db": "sqlite:///"}, "invalid database URL 'sqlite:///': no file name after 'sqlite:///'"),
         ({"db": "sqlite:///var/lib/"}, "invalid database URL 'sqlite:///var/lib/': no file name after 'sqlite:///'"),
         ({"log_level": "loud"}, "log level must be debug, info, warning or error, not 'loud'"),
