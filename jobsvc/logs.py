@@ -149,6 +149,22 @@ class _Reroute(logging.Filter):
         return False
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is at each record (something may replace it later,
+    as pytest's capture does), not as it was when logging was set up."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -162,6 +178,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream: TextIO 
     replaces what an earlier call installed (and nothing else)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
+    handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
     stream = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and _is_terminal(stream))
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
@@ -199,7 +216,6 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, stream: TextIO 
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     setattr(handler, _MARK, True)
     root = logging.getLogger()

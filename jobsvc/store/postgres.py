@@ -638,7 +638,8 @@ class PostgresStore(Store):
 
     @property
     def is_reporter(self) -> bool:
-        """This instance holds the reporter lock (on its LISTEN connection, now open)."""
+        """This instance holds the reporter lock (on its LISTEN connection, now open: the
+        lock lives and dies with that session; a new connection tries to take it again)."""
         return self._reporter and self._listen_conn is not None and not self._closed
 
     @staticmethod
@@ -669,8 +670,7 @@ class PostgresStore(Store):
         return None if conn is None or conn.closed else conn.info.backend_pid
 
     def _close_listener(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        self._reporter = False  # the lock goes with the session
+        conn, self._listen_conn = self._listen_conn, None  # the reporter lock goes with it
         if conn is not None and not conn.closed:
             try:
                 trio.lowlevel.notify_closing(conn.fileno())

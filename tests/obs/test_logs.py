@@ -289,3 +289,15 @@ def test_hypercorn_records_come_out_once_in_our_format(capture_logs: Capture) ->
     assert plain.getvalue() == ""
     [record] = json_lines(out.getvalue())
     assert (record["logger"], record["event"]) == ("hypercorn.error", "Running on http://127.0.0.1:1 (CTRL + C to quit)")
+
+
+def test_the_default_stream_is_stderr_as_it_is_now(capture_logs: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a stream, lines go to whatever sys.stderr is when they are written (a stream
+    replaced later, as pytest's capture does, is followed, never written after closing)."""
+    capture_logs()  # restores the root logger afterwards
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    configure_logging("info", "json")
+    later = io.StringIO()
+    monkeypatch.setattr("sys.stderr", later)
+    logging.getLogger("jobsvc.test").warning("where am I")
+    assert json.loads(later.getvalue())["event"] == "where am I"
