@@ -19,7 +19,9 @@ Layout (arrows point at what a module may import; the pure modules import no tri
              maintenance (heartbeat, rescue, prune), the attempts table, the shutdown
              state, and JobService, the facade the HTTP layer calls
       ^
-    app      the Starlette routes (create_app(service)); metrics
+    app      the Starlette routes (create_app(service)); middleware: request ids, access
+             log, HTTP metrics; metrics: the PrometheusObserver and /metrics; logs:
+             structlog rendering of the logging records (JSON or console)
       ^
     server   run_service: hypercorn + open_service + signals;  asgi: the hypercorn CLI entry
       ^

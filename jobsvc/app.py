@@ -30,7 +30,8 @@ from .errors import (
     TooManyPending,
     UnsupportedMediaType,
 )
-from .metrics import CONTENT_TYPE, PrometheusObserver
+from .metrics import CONTENT_TYPE, metrics_of, scrape
+from .middleware import ObservedStarlette
 from .models import Job, JobState
 from .service import JobService
 
@@ -329,11 +330,10 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service = _service(request)
-    observer = service.observer
-    if not isinstance(observer, PrometheusObserver):
+    observer = metrics_of(service.observer)
+    if observer is None:
         raise HTTPException(404, "this service has no metrics")
-    counts = await service.counts()
-    return Response(observer.render(counts.by_state()), media_type=CONTENT_TYPE, headers=_HEADERS)
+    return Response(await scrape(service, observer), media_type=CONTENT_TYPE, headers=_HEADERS)
 
 
 async def stats(request: Request) -> Response:
@@ -378,6 +378,6 @@ def create_app(service: JobService) -> Starlette:
         ClientDisconnect: client_gone,
         Exception: server_error,
     }
-    app = Starlette(routes=routes, exception_handlers=handlers)
+    app = ObservedStarlette(routes=routes, exception_handlers=handlers)  # request ids, access log, HTTP metrics
     app.state.service = service
     return app

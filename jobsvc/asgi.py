@@ -5,6 +5,9 @@ binds). The service (store, workers, recorder, maintenance) is opened with
 :func:`jobsvc.service.open_service` in the ASGI lifespan, the same composition root as
 ``jobsvc serve``, and drains at its shutdown.
 
+Logging is set up in the lifespan as ``jobsvc serve`` sets it up (``JOBSVC_LOG_LEVEL``,
+``JOBSVC_LOG_FORMAT``); hypercorn's own messages go through it too.
+
 Caveats, prefer ``jobsvc serve``:
 
 * Use ``--worker-class trio`` and ``--workers 1`` with SQLite (one process owns the file);
@@ -28,6 +31,7 @@ from starlette.responses import JSONResponse
 from .app import create_app
 from .config import Settings
 from .errors import JobsvcError
+from .logs import configure_logging
 from .metrics import PrometheusObserver
 from .service import open_service
 
@@ -59,6 +63,7 @@ class JobsvcASGI:
         started = False
         try:
             settings = Settings.from_sources({}, os.environ)
+            configure_logging(settings.log_level, settings.log_format)  # as under `jobsvc serve`
             async with open_service(settings, observer=PrometheusObserver()) as service:
                 self.app = create_app(service)
                 await send({"type": "lifespan.startup.complete"})

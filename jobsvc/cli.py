@@ -8,7 +8,6 @@ and calls ``trio.run``; errors in the configuration are one clear line and exit 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,8 +16,9 @@ from functools import partial
 import trio
 
 from . import __version__, clientcli
-from .config import Settings
+from .config import LOG_FORMATS, Settings
 from .errors import ConfigError, StoreUnavailable, unwrap
+from .logs import configure_logging
 
 __all__ = ["main"]
 
@@ -58,19 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--migrate", action="store_const", const=True, help="apply pending PostgreSQL schema migrations at start-up")
     serve.add_argument("--log-level", help=f"debug, info, warning or error (default {d.log_level})")
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help=f"json: one JSON object per line; console: readable key=value lines; auto: console on a terminal, "
+        f"else json (default {d.log_format})",
+    )
 
     migrate = sub.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--db", help="database URL (default: JOBSVC_DB, else the SQLite default)")
     clientcli.add_commands(sub)
     return parser
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _listening(binds: list[str]) -> None:
@@ -99,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, flags: dict[str, object]) -> int:
     try:
         settings = Settings.from_sources(flags, os.environ)
-        _setup_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         if args.command == "migrate":
             from .store import migrate
 

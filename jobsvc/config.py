@@ -127,6 +127,16 @@ def _check_log_level(_i: Any, _a: Any, value: str) -> None:
         raise ConfigError(f"log level must be debug, info, warning or error, not {value!r}")
 
 
+#: ``--log-format``: JSON lines when stderr is not a terminal (auto), or always, or
+#: readable key=value lines (console).
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def _check_log_format(_i: Any, _a: Any, value: str) -> None:
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"log format must be auto, json or console, not {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything ``jobsvc serve`` can be told. Each field is flag ``--name-with-dashes`` and
@@ -151,6 +161,7 @@ class Settings:
     fsync_interval: float = attrs.field(default=1 * SECONDS, validator=_positive_float("fsync-interval", allow_zero=True))
     migrate: bool = False
     log_level: str = attrs.field(default="info", validator=_check_log_level)
+    log_format: str = attrs.field(default="auto", validator=_check_log_format)
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat * 2 > self.lease:

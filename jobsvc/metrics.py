@@ -1,45 +1,239 @@
-"""Prometheus metrics: an Observer for the service and the ``GET /metrics`` text.
+"""Prometheus metrics: an Observer for the service, and the ``GET /metrics`` text.
 
 Each service gets its own CollectorRegistry (never the global one), so tests start fresh.
+The names, labels and meanings are listed in ``docs/operations.md`` ("Metrics"):
+
+* per instance, from the service's observer hooks: ``jobsvc_jobs_submitted_total``,
+  ``jobsvc_attempts_started_total``, ``jobsvc_job_outcomes_total``,
+  ``jobsvc_attempt_duration_seconds``, ``jobsvc_queue_wait_seconds``, the HTTP metrics
+  (from :mod:`jobsvc.middleware`) and the store operation metrics (from
+  :class:`~jobsvc.service.instrumented.InstrumentedStore`);
+* per instance, read at scrape time: ``jobsvc_workers``, ``jobsvc_workers_busy``,
+  ``jobsvc_store_reporter``, ``jobsvc_build_info``, ``process_*``, ``python_*``;
+* store-wide, read at scrape time and exported **only by the reporter** (one instance per
+  store, see ``Store.is_reporter``), so that ``sum()`` over instances counts each job once:
+  ``jobsvc_queue_jobs``, ``jobsvc_queue_oldest_due_age_seconds``. They come from counts
+  the store keeps up to date (no scan of the jobs).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import platform
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import attrs
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from . import __version__
+from .errors import StoreUnavailable
 from .models import Job, JobState, Outcome
+from .service.observer import NullObserver, Observer, Observers
 
-__all__ = ["CONTENT_TYPE", "PrometheusObserver"]
+if TYPE_CHECKING:
+    from .service import JobService
+
+__all__ = ["CONTENT_TYPE", "OUTCOMES", "PrometheusObserver", "Snapshot", "metrics_of", "scrape"]
+
+log = logging.getLogger("jobsvc.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+#: Job event -> the ``outcome`` label of jobsvc_job_outcomes_total.
+OUTCOMES = {
+    "succeeded": "succeeded",
+    "retrying": "retried",
+    "dead": "dead",
+    "cancelled": "cancelled",
+    "rescued": "rescued",
+    "released": "released",
+    "fenced": "fenced",
+    "redriven": "redriven",
+}
+#: HTTP methods counted by name; any other is counted as "other" (labels stay bounded).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-class PrometheusObserver:
+ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """What ``/metrics`` reads from the service at scrape time."""
+
+    workers: int
+    busy: int  #: attempts queued or running
+    reporter: bool
+    #: store-wide jobs by task and state (None: not the reporter, or the store is down)
+    queue: Mapping[str, Mapping[JobState, int]] | None = None
+    oldest_due_age: float = 0.0
+
+
+class _ScrapeCollector:
+    """The gauges read at scrape time, from the last :class:`Snapshot`."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot(workers=0, busy=0, reporter=False)
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(Snapshot(workers=0, busy=0, reporter=False))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.snapshot)
+
+    @staticmethod
+    def _families(snap: Snapshot) -> Iterator[Metric]:
+        yield GaugeMetricFamily("jobsvc_workers", "Configured workers of this instance", value=snap.workers)
+        yield GaugeMetricFamily("jobsvc_workers_busy", "Attempts queued or running on this instance", value=snap.busy)
+        yield GaugeMetricFamily(
+            "jobsvc_store_reporter",
+            "1 on the instance that exports the store-wide gauges (jobsvc_queue_*), else 0",
+            value=int(snap.reporter),
+        )
+        jobs = GaugeMetricFamily(
+            "jobsvc_queue_jobs", "Store-wide jobs by state and task (only on the reporter)", labels=("state", "task")
+        )
+        age = GaugeMetricFamily(
+            "jobsvc_queue_oldest_due_age_seconds",
+            "Store-wide age of the oldest due job not running, 0 if none (only on the reporter)",
+        )
+        if snap.queue is not None:
+            for task in sorted(snap.queue):
+                for state in JobState:
+                    jobs.add_metric((state.value, task), snap.queue[task].get(state, 0))
+            age.add_metric((), snap.oldest_due_age)
+        yield jobs
+        yield age
+
+
+class PrometheusObserver(NullObserver):
+    """The service's metrics: implements the observer hooks, renders ``/metrics``."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # The *_created series (wall-clock creation times of each counter and histogram)
+        # double the series count and are used by nobody here. prometheus_client only
+        # offers a process-wide switch for them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry or CollectorRegistry()
-        self.events = Counter(
-            "jobsvc_job_events",
-            "Job lifecycle events (submitted, succeeded, retrying, dead, cancelled, rescued, released, redriven, fenced)",
-            ("event", "task"),
-            registry=self.registry,
-        )
-        self.attempts = Histogram(
-            "jobsvc_attempt_seconds",
-            "Duration of job attempts by outcome",
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Gauge("jobsvc_build_info", "Build information", ("version", "python"), registry=self.registry).labels(
+            version=__version__, python=platform.python_version()
+        ).set(1)
+        r = self.registry
+        self.submitted = Counter("jobsvc_jobs_submitted_total", "Jobs created by a submission (replays not counted)", ("task",), registry=r)
+        self.started = Counter("jobsvc_attempts_started_total", "Handler runs started", ("task",), registry=r)
+        self.outcomes = Counter(
+            "jobsvc_job_outcomes_total",
+            "Job outcomes: succeeded, retried, dead, cancelled, rescued, released, fenced, redriven",
             ("task", "outcome"),
-            registry=self.registry,
+            registry=r,
         )
-        self.jobs = Gauge("jobsvc_jobs", "Jobs in the store by state", ("state",), registry=self.registry)
+        self.attempt_duration = Histogram(
+            "jobsvc_attempt_duration_seconds", "Handler run time of attempts that ran to an outcome", ("task",),
+            buckets=ATTEMPT_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "jobsvc_queue_wait_seconds", "From when the job was due (run_at) to when its handler started", ("task",),
+            buckets=WAIT_BUCKETS, registry=r,
+        )
+        self.http_requests = Counter(
+            "jobsvc_http_requests_total", "HTTP requests by method, route template and status", ("method", "route", "status"),
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "jobsvc_http_request_duration_seconds", "HTTP request duration by method and route template", ("method", "route"),
+            buckets=HTTP_BUCKETS, registry=r,
+        )
+        self.store_duration = Histogram(
+            "jobsvc_store_operation_duration_seconds", "Store call duration by operation", ("operation",),
+            buckets=STORE_BUCKETS, registry=r,
+        )
+        self.store_errors = Counter(
+            "jobsvc_store_errors_total", "Store calls that raised StoreUnavailable, by operation", ("operation",), registry=r
+        )
+        self._scrape = _ScrapeCollector()
+        r.register(self._scrape)
+
+    # -- the observer hooks ------------------------------------------------------------
 
     def job_event(self, event: str, job: Job, **details: Any) -> None:
-        self.events.labels(event=event, task=job.task).inc()
+        if event == "submitted":
+            self.submitted.labels(task=job.task).inc()
+        elif event == "started":
+            self.started.labels(task=job.task).inc()
+            waited = details.get("waited")
+            if waited is not None:
+                self.queue_wait.labels(task=job.task).observe(waited)
+        elif event in OUTCOMES:
+            self.outcomes.labels(task=job.task, outcome=OUTCOMES[event]).inc()
 
     def attempt_finished(self, job: Job, outcome: Outcome, seconds: float) -> None:
-        self.attempts.labels(task=job.task, outcome=job.state.value).observe(seconds)
+        self.attempt_duration.labels(task=job.task).observe(seconds)
 
-    def render(self, counts: dict[JobState, int]) -> bytes:
-        for state, n in counts.items():
-            self.jobs.labels(state=state.value).set(n)
+    def store_operation(self, operation: str, seconds: float, *, unavailable: bool) -> None:
+        self.store_duration.labels(operation=operation).observe(seconds)
+        if unavailable:
+            self.store_errors.labels(operation=operation).inc()
+
+    def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
+        self.http_requests.labels(method=method, route=route, status=str(status)).inc()
+        self.http_duration.labels(method=method, route=route).observe(seconds)
+
+    # -- the text ----------------------------------------------------------------------
+
+    def render(self, snapshot: Snapshot) -> bytes:
+        """The Prometheus text exposition, with the scrape-time gauges from ``snapshot``."""
+        self._scrape.snapshot = snapshot
         return generate_latest(self.registry)
+
+
+def metrics_of(observer: Observer) -> PrometheusObserver | None:
+    """The PrometheusObserver among a service's observers, if it has one."""
+    if isinstance(observer, PrometheusObserver):
+        return observer
+    if isinstance(observer, Observers):
+        return observer.find(PrometheusObserver)
+    return None
+
+
+async def scrape(service: JobService, metrics: PrometheusObserver) -> bytes:
+    """Read the scrape-time figures from ``service`` and render the text. The store-wide
+    ones are read only on the reporter; if the store cannot answer they are left out (the
+    failure shows in ``jobsvc_store_errors_total``) and the rest is still served."""
+    stats = service.statistics()
+    reporter = service.is_reporter
+    queue = None
+    oldest = 0.0
+    if reporter:
+        try:
+            counts = await service.counts()
+            next_at = await service.next_run_at()
+        except StoreUnavailable as exc:
+            log.warning("metrics: store-wide gauges left out: %s", exc)
+        else:
+            queue = counts.by_task
+            now = service.clock.now()
+            oldest = max(0.0, now - next_at) if next_at is not None else 0.0
+    snapshot = Snapshot(
+        workers=int(stats["workers"]),
+        busy=int(stats["busy_workers"]) + int(stats["channel_buffered"]),
+        reporter=reporter,
+        queue=queue,
+        oldest_due_age=oldest,
+    )
+    return metrics.render(snapshot)

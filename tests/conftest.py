@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -47,6 +48,17 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "jobsvc"))
 def max_jitter(low: float, high: float) -> float:
     """A deterministic 'random' jitter: always the ceiling, so backoff sums are exact."""
     return high
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """A test that runs ``jobsvc serve`` in-process configures logging for the whole process
+    (as the CLI does): put the root logger back, so the next test starts as a fresh process."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

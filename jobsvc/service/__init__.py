@@ -43,8 +43,9 @@ from ..store import Store, open_store
 from ..tasks import Registry
 from .attempts import Attempt, Attempts, Phase
 from .facade import JobService, Submitted
+from .instrumented import InstrumentedStore
 from .maintenance import Maintenance
-from .observer import NullObserver, Observer
+from .observer import LogObserver, NullObserver, Observer, Observers
 from .recorder import Recorder
 from .runner import Runner
 from .shutdown import Shutdown
@@ -54,8 +55,10 @@ __all__ = [
     "Attempt",
     "Attempts",
     "JobService",
+    "LogObserver",
     "NullObserver",
     "Observer",
+    "Observers",
     "Phase",
     "Shutdown",
     "Submitted",
@@ -96,13 +99,15 @@ async def open_service(
     registry = registry or Registry.from_modules(settings.tasks)
     clock = clock or SystemClock()
     owner = owner or default_owner()
-    observer = observer or NullObserver()
+    # Job events are always logged; the caller's observer (metrics) sees everything too.
+    observer = Observers(LogObserver(), observer or NullObserver())
     shutdown = shutdown or Shutdown(grace=settings.grace)
     async with AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(
                 open_store(settings.database, migrate=settings.migrate, fsync_interval=settings.fsync_interval)
             )
+        store = InstrumentedStore(store, observer)  # store operations timed for the observer
         attempts = Attempts(settings.workers)
         waiters = Waiters()
         recorder = Recorder(store, clock)

@@ -53,6 +53,7 @@ class Attempt:
     #: cancel of the scope without a reason is its deadline, the attempt's timeout)
     stop_reason: str | None = None
     started_at: float | None = None  #: trio time the handler started
+    ended_at: float | None = None  #: trio time the handler ran to an outcome
     #: set when the handler has returned (or never ran): the attempt no longer runs code
     ended: trio.Event = attrs.field(factory=trio.Event)
 

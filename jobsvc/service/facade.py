@@ -193,6 +193,15 @@ class JobService:
     async def counts(self) -> Counts:
         return await self._store.counts()
 
+    async def next_run_at(self) -> float | None:
+        """The earliest ``run_at`` of a job waiting in the store (any task), if any."""
+        return await self._store.next_run_at()
+
+    @property
+    def is_reporter(self) -> bool:
+        """This instance exports the store-wide metrics (see ``Store.is_reporter``)."""
+        return self._store.is_reporter
+
     # -- acting ------------------------------------------------------------------------
 
     async def retry(self, job_id: str) -> Job:

@@ -109,8 +109,7 @@ class Maintenance:
 
     async def rescue(self) -> None:
         rescued = await self._store.rescue(now=self._clock.now(), max_rescues=self._settings.max_rescues)
-        for job in rescued:
-            log.warning("rescued job %s (%s): its owner's lease expired", job.id, job.state.value)
+        for job in rescued:  # logged as job events (the owner's lease expired)
             self._observer.job_event("rescued" if job.state is JobState.PENDING else job.state.value, job)
             if job.is_final:
                 self._waiters.notify(job.id)

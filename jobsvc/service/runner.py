@@ -215,7 +215,7 @@ class Runner:
         )
         timeout = job.timeout or spec.timeout or self._settings.timeout
         attempt.phase = Phase.RUNNING
-        attempt.started_at = trio.current_time()
+        attempt.started_at = started = trio.current_time()
         self._observer.job_event("started", job, waited=max(0.0, self._clock.now() - job.run_at))
         try:
             outcome = await run_attempt(
@@ -226,8 +226,8 @@ class Runner:
             # back without burning the attempt, and let the cancel through.
             self._finish(attempt, Released())
             raise
-        if isinstance(outcome, Failed):
-            ctx.log.info("job %s attempt %d failed: %s: %s", job.id, job.attempts, outcome.type, outcome.message)
+        attempt.ended_at = trio.current_time()
+        self._observer.attempt_finished(job, outcome, attempt.ended_at - started)
         self._finish(attempt, outcome)
 
     def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
@@ -249,23 +249,21 @@ class Runner:
     def _recorded(self, attempt: Attempt, outcome: Outcome, result: Recorded) -> None:
         self._attempts.settle(attempt)
         job = attempt.job
-        if result is FENCED:
-            log.warning("job %s: outcome of attempt %d discarded, the job was taken back (fenced)", job.id, job.lease_token)
+        if result is FENCED:  # the attempt had lost its job: its outcome is discarded
             self._observer.job_event("fenced", job)
             return
         if result is GAVE_UP:
             log.error("job %s: its outcome could not be written; it will be rescued", job.id)
             return
         assert isinstance(result, Job)
-        seconds = 0.0 if attempt.started_at is None else trio.current_time() - attempt.started_at
-        if not isinstance(outcome, Released):
-            self._observer.attempt_finished(result, outcome, seconds)
         event = "released" if isinstance(outcome, Released) and result.state is JobState.PENDING else result.state.value
-        self._observer.job_event(event, result)
+        if attempt.started_at is not None and attempt.ended_at is not None:
+            self._observer.job_event(event, result, seconds=attempt.ended_at - attempt.started_at)
+        else:
+            self._observer.job_event(event, result)
         if result.is_final:
             self._waiters.notify(result.id)
         elif result.state is JobState.RETRYING:
-            job_log.info("job %s will retry in %.3fs", result.id, result.run_at - result.updated_at)
             self.wake(claimable=False, due_at=result.run_at)
         else:  # released: back to pending
             self.wake()

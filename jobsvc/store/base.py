@@ -378,6 +378,13 @@ class Store(abc.ABC):
             if n < PRUNE_BATCH:
                 return total
 
+    @property
+    def is_reporter(self) -> bool:
+        """Whether this instance exports the store-wide metrics (jobs by state, oldest due
+        job), so that summing them over instances counts each job once. A store used by
+        one process only is always the reporter; PostgreSQL elects one (an advisory lock)."""
+        return True
+
     def statistics(self) -> dict[str, int]:
         """Counters of the store's own work since it opened (SQLite: transactions and
         operations of its writer), for /stats and benchmarks; {} where there are none."""

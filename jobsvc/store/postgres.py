@@ -32,6 +32,14 @@ Theory of operation
   ``trio.lowlevel.wait_readable`` (no thread); bursts coalesce into one wake-up; the listener
   reconnects with capped exponential backoff and wakes its waiters after a reconnect, because
   notifications may have been missed meanwhile.
+* **The metrics reporter.** The LISTEN connection also tries a session-level
+  ``pg_try_advisory_lock(REPORTER_LOCK)``: the one instance holding it is the *reporter*
+  (:attr:`PostgresStore.is_reporter`), which alone exports the store-wide metrics, so that
+  summing them over instances counts each job once. The others try again every
+  ``reporter_retry`` seconds, so one takes over when the holder's connection (or the holder)
+  goes away; a listener that reconnects tries at once. Server-side TCP keepalives on that
+  connection bound how long the server keeps the lock of a holder that vanished without
+  closing its socket.
 * **Losing the database.** Connection errors, timeouts and server shutdowns become
   :class:`~jobsvc.errors.StoreUnavailable`. Nothing waits forever: ``connect_timeout``, the
   pool's ``timeout``, a server-side ``statement_timeout``, TCP keepalives and
@@ -84,6 +92,8 @@ T = TypeVar("T")
 CHANNEL = "jobsvc_jobs"
 #: Key of the transaction-level advisory lock held while migrating ("jobsvc" + 1).
 MIGRATION_LOCK = 0x6A6F_6273_7663_0001
+#: Key of the session-level advisory lock whose holder reports the store-wide metrics.
+REPORTER_LOCK = 0x6A6F_6273_7663_0002
 #: The migrations table.
 SCHEMA_TABLE = "jobsvc_schema"
 
@@ -404,6 +414,10 @@ POOL_TIMEOUT = 5.0
 STATEMENT_TIMEOUT = 10.0
 LISTEN_BACKOFF_MIN = 0.05
 LISTEN_BACKOFF_MAX = 5.0
+#: How often an instance that is not the metrics reporter tries to become it.
+REPORTER_RETRY = 5.0
+#: Server-side keepalives of the LISTEN connection: a vanished holder's lock is freed soon.
+_SERVER_KEEPALIVES = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
 
 
 def _conn_kwargs(url: str, *, connect_timeout: int, statement_timeout: float | None) -> dict[str, Any]:
@@ -539,6 +553,7 @@ class PostgresStore(Store):
         self.fsync_interval = fsync_interval
         self._kwargs = _conn_kwargs(url, connect_timeout=connect_timeout, statement_timeout=statement_timeout)
         self._listen_kwargs = _conn_kwargs(url, connect_timeout=connect_timeout, statement_timeout=None)
+        self._listen_kwargs["options"] = f"{self._listen_kwargs['options']} {_SERVER_KEEPALIVES}".strip()
         self._pool = ConnectionPool(
             url,
             kwargs=self._kwargs,
@@ -561,6 +576,12 @@ class PostgresStore(Store):
         #: notifications received, and the payload of the last one (for tests/metrics)
         self.notifications_received = 0
         self.last_notification_payload: str | None = None
+        #: this instance holds REPORTER_LOCK on its LISTEN connection (see is_reporter)
+        self._reporter = False
+        #: seconds between two tries to become the reporter while another instance is
+        self.reporter_retry = REPORTER_RETRY
+        #: a notification was consumed by a query on the LISTEN connection (not by _drain)
+        self._notified_meanwhile = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -594,6 +615,8 @@ class PostgresStore(Store):
             conn = psycopg.connect(self._url, autocommit=True, **self._listen_kwargs)
             try:
                 conn.execute(f"LISTEN {CHANNEL}")
+                conn.add_notify_handler(self._on_notify_in_query)
+                self._reporter = self._take_reporter_lock(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -635,6 +658,35 @@ class PostgresStore(Store):
         self._wake.set()
         self._wake = trio.Event()
 
+    # ------------------------------------------------------------------ the metrics reporter
+
+    @property
+    def is_reporter(self) -> bool:
+        """This instance holds the reporter lock (on its LISTEN connection, now open: the
+        lock lives and dies with that session; a new connection tries to take it again)."""
+        return self._reporter and self._listen_conn is not None and not self._closed
+
+    @staticmethod
+    def _take_reporter_lock(conn: psycopg.Connection[Any]) -> bool:
+        """Blocking: try to take the session-level reporter lock; True if held."""
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (REPORTER_LOCK,)).fetchone()
+        return bool(row and row[0])
+
+    def _on_notify_in_query(self, notify: psycopg.Notify) -> None:
+        """Called (in the query's thread) for a notification read by a query of ours on
+        the LISTEN connection: it must still wake the waiters."""
+        self._notified_meanwhile = True
+
+    async def _try_reporter(self, conn: psycopg.Connection[Any]) -> None:
+        """Try to become the reporter on the LISTEN connection (the listen loop is not
+        waiting on it meanwhile). Raises psycopg.Error if the connection is broken."""
+        self._reporter = await trio.to_thread.run_sync(self._take_reporter_lock, conn, limiter=self._listen_limiter)
+        if self._reporter:
+            log.info("this instance now reports the store-wide metrics")
+        if self._notified_meanwhile:
+            self._notified_meanwhile = False
+            self._wake_waiters()
+
     @property
     def listener_pid(self) -> int | None:
         """Backend pid of the LISTEN connection (None while reconnecting)."""
@@ -642,7 +694,7 @@ class PostgresStore(Store):
         return None if conn is None or conn.closed else conn.info.backend_pid
 
     def _close_listener(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
+        conn, self._listen_conn = self._listen_conn, None  # the reporter lock goes with it
         if conn is not None and not conn.closed:
             try:
                 trio.lowlevel.notify_closing(conn.fileno())
@@ -683,7 +735,14 @@ class PostgresStore(Store):
                 log.info("LISTEN connection re-established")
                 self._wake_waiters()  # notifications may have been missed while disconnected
             try:
-                await trio.lowlevel.wait_readable(conn.fileno())
+                if self._reporter:
+                    await trio.lowlevel.wait_readable(conn.fileno())
+                else:
+                    with trio.move_on_after(self.reporter_retry) as timer:
+                        await trio.lowlevel.wait_readable(conn.fileno())
+                    if timer.cancelled_caught:
+                        await self._try_reporter(conn)
+                        continue
                 received = self._drain(conn)
             except (psycopg.Error, OSError) as exc:
                 log.warning("LISTEN connection lost: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)

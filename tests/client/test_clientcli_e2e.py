@@ -133,7 +133,9 @@ def test_tasks_and_stats_tables(cli: JobsvcRunner) -> None:
     header = stats.out.splitlines()[0].split("┃")
     assert [h.strip() for h in header] == ["jobs", "pending", "running", "retrying", "succeeded", "dead", "cancelled"]
     assert stats.out.splitlines()[2].split("│")[0].strip() == "all"
-    assert "store sqlite" in stats.out and "of 8 workers busy" in stats.out
+    from jobsvc.config import Settings
+
+    assert "store sqlite" in stats.out and f"of {Settings().workers} workers busy" in stats.out
 
 
 def test_the_installed_command_reads_jobsvc_url(live_server: Server) -> None:

@@ -66,8 +66,8 @@ def _submit(client: httpx.Client, task: str, payload: Any) -> str:
     return response.json()["id"]  # type: ignore[no-any-return]
 
 
-def _metric_sum(text: str, event: str) -> float:
-    pattern = re.compile(r'^jobsvc_job_events_total\{[^}]*event="' + re.escape(event) + r'"[^}]*\} (\S+)$', re.M)
+def _metric_sum(text: str, outcome: str) -> float:
+    pattern = re.compile(r'^jobsvc_job_outcomes_total\{[^}]*outcome="' + re.escape(outcome) + r'"[^}]*\} (\S+)$', re.M)
     return sum(float(v) for v in pattern.findall(text))
 
 

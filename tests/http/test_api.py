@@ -495,17 +495,18 @@ async def test_ready_then_503_while_draining_and_submissions_503(client: httpx.A
 
 
 async def test_metrics_count_job_events(client: httpx.AsyncClient, autojump_clock: Any) -> None:
-    """/metrics is Prometheus text with jobsvc_job_events_total and jobs by state."""
+    """/metrics is Prometheus text with job counters and store-wide jobs by state and task
+    (the full set is checked in tests/obs)."""
     job = await submit(client, {"task": "noop"})
     await client.get(f"/jobs/{job['id']}?wait=10")
     r = await client.get("/metrics")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     lines = r.text.splitlines()
-    assert 'jobsvc_job_events_total{event="submitted",task="noop"} 1.0' in lines
-    assert 'jobsvc_job_events_total{event="succeeded",task="noop"} 1.0' in lines
-    assert 'jobsvc_jobs{state="succeeded"} 1.0' in lines
-    assert 'jobsvc_jobs{state="pending"} 0.0' in lines
+    assert 'jobsvc_jobs_submitted_total{task="noop"} 1.0' in lines
+    assert 'jobsvc_job_outcomes_total{outcome="succeeded",task="noop"} 1.0' in lines
+    assert 'jobsvc_queue_jobs{state="succeeded",task="noop"} 1.0' in lines
+    assert 'jobsvc_queue_jobs{state="pending",task="noop"} 0.0' in lines
 
 
 async def test_max_pending_gives_429_with_retry_after(start_service: Callable[..., Any]) -> None:

@@ -58,7 +58,6 @@ async def test_store_down_gives_503_never_500(down_client: Any, autojump_clock: 
         client.get("/jobs"),
         client.post(f"/jobs/{first['id']}/retry"),
         client.post(f"/jobs/{first['id']}/cancel"),
-        client.get("/metrics"),
         client.get("/stats"),
     ]
     for request in requests:
@@ -70,6 +69,12 @@ async def test_store_down_gives_503_never_500(down_client: Any, autojump_clock: 
         assert "Traceback" not in r.text
     ready = await client.get("/ready")
     assert (ready.status_code, ready.json()["reason"]) == (503, "store unavailable: connection refused")
+    # /metrics still answers (an outage is when they matter), without the store-wide gauges
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    errors = dict(line.rsplit(" ", 1) for line in metrics.text.splitlines() if line.startswith("jobsvc_store_errors_total{"))
+    assert float(errors['jobsvc_store_errors_total{operation="counts"}']) >= 1
+    assert "jobsvc_queue_jobs{" not in metrics.text
     store.down = False
     assert (await client.get("/ready")).status_code == 200
     assert (await client.get("/jobs/during")).status_code == 404  # the 503 submission was not kept

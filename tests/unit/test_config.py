@@ -30,6 +30,7 @@ DEFAULTS = {
     "fsync_interval": 1.0,
     "migrate": False,
     "log_level": "info",
+    "log_format": "auto",
 }
 
 
