@@ -97,7 +97,7 @@ async def open_service(
     clock = clock or SystemClock()
     owner = owner or default_owner()
     observer = observer or NullObserver()
-    shutdown = shutdown or Shutdown(grace=settings.grace)
+    shutdown = shutdown or Shutdown(grace=settings.grace, drain_delay=settings.drain_delay)
     async with AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(
