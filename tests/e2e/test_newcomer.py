@@ -126,3 +126,37 @@ def test_hypercorn_with_two_workers_on_sqlite_fails_with_one_clear_line(tmp_path
     assert errors and all(message in line for line in errors), output
     assert len(set(errors)) == 1, output
     assert not others, f"only hypercorn's INFO lines and the error line, got: {output}"
+
+
+def _make_dry_run(*args: str) -> str:
+    """``make -n`` (print the commands, run nothing) in the repository."""
+    done = subprocess.run(["make", "-n", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30, check=False, env=clean_env())
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_run_installs_only_jobsvc_and_make_test_everything(tmp_path: Path) -> None:
+    """In a new virtualenv, `make run` installs jobsvc without the test/lint extras (with the
+    PostgreSQL driver only for a postgresql:// DB); `make test` installs every extra."""
+    venv = f"VENV={tmp_path / 'venv'}"
+    run = _make_dry_run("run", venv)
+    assert "pip install -q -e '.'" in run and "[test" not in run
+    assert "pip install -q -e '.[postgres]'" in _make_dry_run("run", venv, "DB=postgresql://db/jobsvc")
+    assert "pip install -q -e '.[test,postgres,lint]'" in _make_dry_run("test", venv, "PG_TEST_URL=postgresql://elsewhere/x")
+
+
+def test_make_test_with_pg_test_url_neither_starts_nor_needs_the_local_server() -> None:
+    """PG_TEST_URL set: the `pg` step runs no pg_isready/pg_ctlcluster (and succeeds with no
+    server at that address: the tests, not make, report an unreachable server)."""
+    url = "PG_TEST_URL=postgresql://nobody@127.0.0.1:1/none"
+    dry = _make_dry_run("-W", "tools", "pg", url)
+    assert "pg_ctlcluster" not in dry and "pg_isready" not in dry
+    done = subprocess.run(["make", "-s", "-C", str(REPO), "pg", url], capture_output=True, text=True, timeout=30, check=False, env=clean_env())
+    assert done.returncode == 0 and "left alone" in done.stdout, done
+    assert "pg_ctlcluster" in _make_dry_run("pg", "PG_TEST_URL=")
+
+
+def test_the_files_make_run_leaves_are_ignored_by_git() -> None:
+    names = ["jobsvc.db", "jobsvc.db-wal", "jobsvc.db-shm", "jobsvc.db.lock"]
+    done = subprocess.run(["git", "-C", str(REPO), "check-ignore", *names], capture_output=True, text=True, timeout=30, check=False)
+    assert done.stdout.split() == names, done
