@@ -1,49 +1,68 @@
 # jobsvc: `make run` starts the service (SQLite, demo tasks); `make test` installs and tests.
 .DEFAULT_GOAL := help
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
 BIND ?= 127.0.0.1:3000
 DB ?= sqlite:///jobsvc.db
 PYTEST_ARGS ?=
+# `make run` installs only what running needs (plus the PostgreSQL driver for a postgresql:// DB);
+# `make test` installs the test, lint and postgres extras too.
+RUN_EXTRAS := $(if $(filter postgres%,$(DB)),[postgres])
+RUN_STAMP := $(VENV)/.run-stamp$(if $(RUN_EXTRAS),-postgres)
+STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test test-fast pg bench lint clean
+.PHONY: help install run test test-fast tools pg bench lint clean
 
 help:
-	@echo "make run    start jobsvc on http://$(BIND) (SQLite $(DB), demo tasks)"
-	@echo "make test   create/update the virtualenv and run the whole suite with coverage"
+	@echo "make run    start jobsvc on http://$(BIND) (SQLite $(DB), demo tasks); Ctrl-C drains and stops it"
+	@echo "make test   create/update the virtualenv, install the test tools, run the whole suite with coverage"
 	@echo "make lint   ruff and mypy --strict"
+	@echo "make tools  install what tests/deploy runs when missing: promtool, docker-compose (Debian, needs root)"
 	@echo "make bench  run the benchmarks: bench/RESULTS.md, bench/results-postgres.json"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+$(RUN_STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install -q -e '.$(RUN_EXTRAS)'
+	touch $@
+
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,postgres,lint]'
-	touch $(STAMP)
+	touch $@
 
 install: $(STAMP)
 
-run: $(STAMP)
+# `exec`: jobsvc replaces the recipe's shell, so Ctrl-C (SIGINT) and a SIGTERM to make (which
+# make passes on) reach jobsvc itself: it drains and exits 0 (make then reports the interrupt).
+run: $(RUN_STAMP)
 	exec $(BIN)/jobsvc serve --bind $(BIND) --db $(DB) --tasks jobsvc.demo
 
-# The PostgreSQL tests need the local server (127.0.0.1:5432, trust auth); start it if down.
+# promtool (from Debian's prometheus package) and docker-compose for tests/deploy; hadolint
+# comes with the test extra. The tests install nothing: they fail, naming this target.
+tools: $(STAMP)
+	@.ci/install-tools $(BIN)
+
+# The PostgreSQL tests use PG_TEST_URL if set (the local server is then neither started nor
+# needed), else the local server (127.0.0.1:5432, trust auth), started here if it is down.
 pg:
+ifdef PG_TEST_URL
+	@echo "PG_TEST_URL is set: the PostgreSQL tests use it; the local server is left alone"
+else
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && exit 0; sleep 1; done; echo "PostgreSQL did not come up" >&2; exit 1
+endif
 
-# PG_TEST_ALLOW_RESTART=1: `make test` also runs the test that restarts the local PostgreSQL
-# mid-run (a plain `pytest` skips it, so it never surprises someone else using the server).
-test: $(STAMP) pg
+test: $(STAMP) tools pg
 	rm -f .coverage .coverage.*
-	PG_TEST_ALLOW_RESTART=1 $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m 'not e2e and not postgres' -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m 'not e2e and not postgres and not deploy' -q $(PYTEST_ARGS)
 
 bench: $(STAMP) pg
 	$(BIN)/python bench/run.py

@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import codec
+from . import codec, openapi
 from .errors import (
     BadRequest,
     InvalidJob,
@@ -371,6 +371,8 @@ def create_app(service: JobService) -> Starlette:
         Route("/stats", stats, methods=["GET"]),
         Route("/submit", seed_submit, methods=["POST"]),
         Route("/status/{job_id}", seed_status, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),  # generated from these routes
+        Route("/docs", openapi.docs_page, methods=["GET"]),
     ]
     handlers: dict[Any, Callable[..., Any]] = {
         JobsvcError: jobsvc_error,

@@ -18,19 +18,26 @@ Caveats, prefer ``jobsvc serve``:
 * A SIGTERM sent straight to a hypercorn *worker* process (not the parent) kills it without
   a drain; its running jobs are rescued at the next start (SQLite) or when their lease
   expires (PostgreSQL).
+* If start-up fails (a configuration error, a SQLite file another worker holds, the asyncio
+  worker class), the module-level ``app`` prints one line, ``jobsvc: error: ...``, and ends
+  its worker process with exit code 2 (1: the store cannot be reached) instead of handing
+  hypercorn an exception whose traceback it would print; hypercorn then stops its other
+  workers. An app made with ``JobsvcASGI()`` reports ``lifespan.startup.failed`` instead.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
+import trio
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from .app import create_app
 from .config import Settings
-from .errors import JobsvcError
+from .errors import ConfigError, JobsvcError, StoreUnavailable
 from .logs import configure_logging
 from .metrics import PrometheusObserver
 from .service import open_service
@@ -44,8 +51,10 @@ class JobsvcASGI:
     """An ASGI app whose lifespan opens the service and whose requests go to
     ``create_app(service)`` once it is open."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, exit_on_startup_failure: bool = False) -> None:
         self.app: Starlette | None = None
+        #: print one line and end the (hypercorn worker) process when start-up fails
+        self.exit_on_startup_failure = exit_on_startup_failure
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -62,6 +71,8 @@ class JobsvcASGI:
         assert message["type"] == "lifespan.startup", message
         started = False
         try:
+            if not _under_trio():
+                raise ConfigError("jobsvc.asgi:app runs on trio: start hypercorn with --worker-class trio")
             settings = Settings.from_sources({}, os.environ)
             configure_logging(settings.log_level, settings.log_format)  # as under `jobsvc serve`
             async with open_service(settings, observer=PrometheusObserver()) as service:
@@ -73,6 +84,8 @@ class JobsvcASGI:
             # leaving open_service drained the workers and closed the store
         except JobsvcError as exc:  # a configuration or store problem: one clear line
             phase = "shutdown" if started else "startup"
+            if not started and self.exit_on_startup_failure:
+                _exit_with(exc)
             await send({"type": f"lifespan.{phase}.failed", "message": f"jobsvc: error: {exc}"})
             return
         finally:
@@ -80,4 +93,21 @@ class JobsvcASGI:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-app = JobsvcASGI()
+def _under_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:  # hypercorn's asyncio (or uvloop) worker
+        return False
+    return True
+
+
+def _exit_with(exc: JobsvcError) -> None:  # pragma: no cover - runs in a hypercorn worker (tested as a process)
+    """One line on stderr, then end this process at once: nothing is open any more (the
+    service and its store were closed when start-up failed), and a raised exception would
+    reach multiprocessing, which prints it with its traceback."""
+    print(f"jobsvc: error: {exc}", file=sys.stderr, flush=True)
+    os._exit(1 if isinstance(exc, StoreUnavailable) else 2)
+
+
+#: The hypercorn CLI entry point: ``hypercorn --worker-class trio jobsvc.asgi:app``.
+app = JobsvcASGI(exit_on_startup_failure=True)

@@ -13,10 +13,11 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
+import attrs
 import trio
 
 from . import __version__, clientcli
-from .config import LOG_FORMATS, Settings
+from .config import LOG_FORMATS, OTHER_ENV, Settings
 from .errors import ConfigError, StoreUnavailable, unwrap
 from .logs import configure_logging
 
@@ -24,12 +25,23 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobsvc", description="A durable HTTP job-processing service.")
+    parser = argparse.ArgumentParser(
+        prog="jobsvc",
+        description="A durable HTTP job-processing service. `jobsvc serve` runs it; the other commands "
+        "are clients of a running service (--url, else JOBSVC_URL, else http://127.0.0.1:3000).",
+        epilog="`jobsvc COMMAND --help` describes each command.",
+    )
     parser.add_argument("--version", action="version", version=f"jobsvc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP service and its workers")
     d = Settings()
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service and its workers",
+        description=SERVE_DESCRIPTION,
+        epilog=_serve_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--bind", help=f"HOST:PORT to listen on; port 0 picks a free port (default {d.bind})")
     serve.add_argument("--db", help=f"database URL: sqlite:///path, memory:, postgresql://... (default {d.db})")
     serve.add_argument("--tasks", action="append", metavar="MODULE", help="module whose @task handlers are registered (repeatable)")
@@ -39,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"jobs run at once (trio tasks: cheap; raise it for I/O-bound handlers, lower it to protect a downstream) (default {d.workers})",
     )
     serve.add_argument("--grace", type=float, help=f"seconds running jobs get to finish on shutdown (default {d.grace:g})")
+    serve.add_argument(
+        "--drain-delay",
+        type=float,
+        help="seconds a draining instance keeps its listener open, answering 503 on /ready and to submissions, "
+        f"so a load balancer sees it leave; 5 suits most health checks (default {d.drain_delay:g})",
+    )
     serve.add_argument("--max-pending", type=int, help=f"pending jobs above which submissions get 429 (default {d.max_pending})")
     serve.add_argument("--max-attempts", type=int, help=f"default attempts per job (default {d.max_attempts})")
     serve.add_argument("--backoff-base", type=float, help=f"first retry delay ceiling, seconds (default {d.backoff_base:g})")
@@ -71,9 +89,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+SERVE_DESCRIPTION = """\
+Run the jobsvc HTTP service and its workers in this process until SIGTERM or SIGINT
+(a second signal stops at once). Jobs are kept in the database given by --db; task
+handlers come from the modules given by --tasks, imported with the current directory
+first on the module path (as `python -m` does), plus the built-in tasks (noop, echo,
+sleep, fail).
+
+examples:
+  jobsvc serve --tasks myapp.tasks
+  jobsvc serve --bind 0.0.0.0:3000 --db postgresql://jobsvc@db/jobsvc --migrate --drain-delay 5"""
+
+
+def _serve_epilog() -> str:
+    """The JOBSVC_* variables, generated from :class:`Settings` (and the other known ones)."""
+    lines = ["environment: every flag is also a variable; a flag beats its variable, which beats the default"]
+    kinds = {f.name: str(f.type) for f in attrs.fields(Settings)}
+    for variable, name in Settings.env_names().items():
+        kind = kinds[name]
+        hint = " (comma-separated)" if kind.startswith("tuple") else " (1 or 0)" if kind == "bool" else ""
+        lines.append(f"  {variable:<24} --{name.replace('_', '-')}{hint}")
+    for variable, meaning in OTHER_ENV.items():
+        lines.append(f"  {variable:<24} {meaning}")
+    lines.append("An unknown JOBSVC_ variable is an error. Docs: README.rst, docs/operations.md.")
+    return "\n".join(lines)
+
+
 def _listening(binds: list[str]) -> None:
     for bind in binds:
         print(f"listening on {bind}", flush=True)
+
+
+def _cwd_on_path() -> None:
+    """Put the current directory first on ``sys.path`` for the ``--tasks`` imports, as
+    ``python -m jobsvc`` does (the ``jobsvc`` script's own path starts with its bin folder)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +159,7 @@ def _run(args: argparse.Namespace, flags: dict[str, object]) -> int:
         from .server import run_service
         from .tasks import Registry
 
+        _cwd_on_path()
         registry = Registry.from_modules(settings.tasks)
         trio.run(partial(run_service, settings, registry=registry, handle_signals=True, on_listening=_listening))
     except ConfigError as exc:

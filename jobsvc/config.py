@@ -147,6 +147,8 @@ class Settings:
     tasks: tuple[str, ...] = ()  #: modules whose @task handlers are registered
     workers: int = attrs.field(default=32, validator=_positive_int("workers"))
     grace: float = attrs.field(default=20 * SECONDS, validator=_positive_float("grace", allow_zero=True))
+    #: seconds a draining instance keeps its listener open (503 on /ready) so load balancers see it leave
+    drain_delay: float = attrs.field(default=0.0, validator=_positive_float("drain-delay", allow_zero=True))
     max_pending: int = attrs.field(default=10_000, validator=_positive_int("max-pending"))
     max_attempts: int = attrs.field(default=5, validator=_positive_int("max-attempts"))
     backoff_base: float = attrs.field(default=1 * SECONDS, validator=_positive_float("backoff-base"))

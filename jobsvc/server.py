@@ -6,12 +6,13 @@
       nursery
        |- signals               SIGINT/SIGTERM -> Shutdown.begin(); a second one -> force()
        '- open_service(settings)                           (jobsvc.service)
-            '- hypercorn.trio.serve(create_app(service), shutdown_trigger=Shutdown.requested)
+            '- hypercorn.trio.serve(create_app(service), shutdown_trigger=Shutdown.http_stop)
 
-On the first signal /ready turns 503 and submissions get 503, hypercorn stops accepting
-and finishes in-flight requests (within ``grace``), the claim loop stops, the workers get
-``grace`` seconds, and whatever still runs is cancelled and released back to pending. The
-store stays open until hypercorn has answered its last request.
+On the first signal /ready turns 503 and submissions get 503, the claim loop stops and the
+workers get ``grace`` seconds, after which whatever still runs is cancelled and released
+back to pending. hypercorn keeps answering (503s) for ``drain_delay`` seconds, so a load
+balancer sees the instance leave, then stops accepting and finishes in-flight requests
+(within ``grace``). The store stays open until hypercorn has answered its last request.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ async def run_service(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shut down (signal, or ``Running.shutdown()``), then drain and return."""
-    shutdown = Shutdown(grace=settings.grace)
+    shutdown = Shutdown(grace=settings.grace, drain_delay=settings.drain_delay)
     async with trio.open_nursery() as nursery:
         if handle_signals:
             await nursery.start(_watch_signals, shutdown)
@@ -102,13 +103,14 @@ async def run_service(
         ) as service:
             if not shutdown.draining:  # not shut down while recovery waited for the store
                 async with trio.open_nursery() as http:
-                    shutdown.attach(http.cancel_scope, slack=HTTP_SLACK)  # never serve past the drain
+                    # never serve past the drain deadline plus the drain delay
+                    shutdown.attach(http.cancel_scope, slack=HTTP_SLACK + settings.drain_delay)
                     try:
                         binds = await http.start(
                             lambda task_status: hypercorn.trio.serve(
                                 create_app(service),  # type: ignore[arg-type]
                                 hypercorn_config(settings),
-                                shutdown_trigger=shutdown.requested.wait,
+                                shutdown_trigger=shutdown.http_stop,
                                 task_status=task_status,
                             )
                         )

@@ -28,6 +28,7 @@ for _key in list(os.environ):
         del os.environ[_key]
 
 from harness import serve_until_shutdown  # noqa: E402
+from pg_cluster import pg_cluster  # noqa: E402,F401  (a throwaway PostgreSQL server of the test's own)
 from pg_fixtures import pg_empty_url, pg_template, pg_url  # noqa: E402,F401
 
 from jobsvc.app import create_app  # noqa: E402

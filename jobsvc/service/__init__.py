@@ -101,7 +101,7 @@ async def open_service(
     owner = owner or default_owner()
     # Job events are always logged; the caller's observer (metrics) sees everything too.
     observer = Observers(LogObserver(), observer or NullObserver())
-    shutdown = shutdown or Shutdown(grace=settings.grace)
+    shutdown = shutdown or Shutdown(grace=settings.grace, drain_delay=settings.drain_delay)
     async with AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(

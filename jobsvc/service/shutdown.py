@@ -4,9 +4,16 @@
 
     serving --begin()--> draining --(grace passes, or force())--> handlers cancelled
        |                    |
-       |                    '- no new submissions (503), no new claims, /ready 503;
-       |                       running handlers get ``grace`` seconds to finish
+       |                    |- no new submissions (503), no new claims, /ready 503;
+       |                    |  running handlers get ``grace`` seconds to finish
+       |                    '- the HTTP listener stays open ``drain_delay`` seconds more
+       |                       (``http_stop()`` returns then; at once on force())
        '- (a shutdown during start-up skips straight to stopped)
+
+The drain delay is for load balancers: an instance that keeps answering 503 on ``/ready``
+and on submissions for a few seconds is seen leaving by their health checks, instead of
+refusing connections that were already routed to it. The job drain does not wait for it:
+it starts at ``begin()``.
 
 Every part reads this one object: the HTTP layer refuses submissions while it is
 draining, the runner stops claiming, and the workers' cancel scope gets its deadline from
@@ -35,11 +42,16 @@ class Phase(enum.Enum):
 @attrs.define(eq=False)
 class Shutdown:
     grace: float  #: seconds running handlers get to finish once draining begins
+    #: seconds the HTTP listener keeps answering (503 on /ready and submissions) after begin()
+    drain_delay: float = 0.0
     phase: Phase = Phase.SERVING
     #: trio time at which running handlers are cancelled (inf while serving)
     deadline: float = math.inf
     requested: trio.Event = attrs.field(factory=trio.Event)  #: set when draining begins
     stopped: trio.Event = attrs.field(factory=trio.Event)  #: set when everything has stopped
+    forced: trio.Event = attrs.field(factory=trio.Event)  #: set by force()
+    #: trio time at which begin() was called (inf while serving)
+    begun_at: float = math.inf
     _scopes: list[tuple[trio.CancelScope, float]] = attrs.field(factory=list)
 
     @property
@@ -56,7 +68,8 @@ class Shutdown:
         if self.phase is not Phase.SERVING:
             return
         self.phase = Phase.DRAINING
-        self._move_deadline(trio.current_time() + self.grace)
+        self.begun_at = trio.current_time()
+        self._move_deadline(self.begun_at + self.grace)
         self.requested.set()
 
     def force(self) -> None:
@@ -64,6 +77,14 @@ class Shutdown:
         self.begin()
         self.phase = Phase.STOPPING
         self._move_deadline(-math.inf)
+        self.forced.set()
+
+    async def http_stop(self) -> None:
+        """Return when the HTTP server should stop listening: ``drain_delay`` seconds after
+        :meth:`begin`, or at once on :meth:`force`. hypercorn's ``shutdown_trigger``."""
+        await self.requested.wait()
+        with trio.move_on_at(self.begun_at + self.drain_delay):
+            await self.forced.wait()
 
     def _move_deadline(self, deadline: float) -> None:
         self.deadline = deadline

@@ -16,6 +16,7 @@ DEFAULTS = {
     "tasks": (),
     "workers": 32,
     "grace": 20.0,
+    "drain_delay": 0.0,
     "max_pending": 10_000,
     "max_attempts": 5,
     "backoff_base": 1.0,
