@@ -20,14 +20,24 @@ The payload is validated against ``payload`` (an attrs class, ``str``, ``int``, 
 never reaches the queue. Raising any exception fails the attempt (it is retried with
 backoff, then dead-lettered); raising :class:`PermanentError` dead-letters at once.
 
-Handlers run on trio: they must be ``async`` and must not block the event loop (use
-``trio.to_thread.run_sync`` for blocking calls). Delivery is at-least-once: a handler may
-run again after a crash, so make its effects idempotent (``ctx.job_id`` is stable).
+Three kinds of handler (see :mod:`jobsvc.service.handlers`):
+
+* ``async def``: runs on the event loop, beside the HTTP server; it must await its I/O and
+  never block (a blocking call stalls every job and every request, and cannot be timed out);
+* a plain ``def``: runs in a thread, for blocking libraries; its attempt still ends on time
+  (its timeout, a cancel, the shutdown): the thread is abandoned and runs on until it
+  returns;
+* ``def`` with ``process=True``: runs in a worker process, for CPU-bound work; a cancelled
+  attempt's process is killed. The handler must be defined at module level.
+
+Delivery is at-least-once: a handler may run again after a crash, so make its effects
+idempotent (``ctx.job_id`` is stable).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import random
 import types
@@ -42,7 +52,10 @@ from .retry import Backoff, Rng
 
 __all__ = ["JobContext", "PermanentError", "Registry", "TaskSpec", "payload_schema", "task"]
 
-Handler = Callable[[Any, "JobContext"], Awaitable[Any]]
+#: An ``async def handler(payload, ctx)``, or a plain ``def handler(payload, ctx)``.
+Handler = Callable[[Any, "JobContext"], Awaitable[Any]] | Callable[[Any, "JobContext"], Any]
+#: How a handler is called: on the event loop, in a thread, or in a worker process.
+KINDS = ("async", "thread", "process")
 
 
 class PermanentError(Exception):
@@ -71,8 +84,10 @@ class TaskSpec:
     timeout: float | None = None  #: seconds per attempt; None: the service default (--timeout)
     backoff: Backoff | None = None  #: None: the service default (--backoff-base/--backoff-cap)
     description: str = ""
+    kind: str = attrs.field(default="async", validator=attrs.validators.in_(KINDS))
 
     async def __call__(self, payload: Any, ctx: JobContext) -> Any:
+        """Call an ``async`` handler (the service calls the others through its runtime)."""
         return await self.fn(payload, ctx)
 
 
@@ -83,8 +98,11 @@ def task(
     max_attempts: int | None = None,
     timeout: float | None = None,
     backoff: Backoff | None = None,
+    process: bool = False,
 ) -> Callable[[Handler], TaskSpec]:
-    """Declare an ``async def handler(payload, ctx)`` as the task ``name``."""
+    """Declare ``handler(payload, ctx)`` as the task ``name``: an ``async def`` runs on the
+    event loop, a plain ``def`` in a thread, a plain ``def`` with ``process=True`` in a
+    worker process."""
     if max_attempts is not None and max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     if timeout is not None and timeout <= 0:
@@ -92,7 +110,12 @@ def task(
 
     def decorate(fn: Handler) -> TaskSpec:
         if not callable(fn):
-            raise TypeError("@task decorates an async function")
+            raise TypeError("@task decorates a function: handler(payload, ctx)")
+        is_async = inspect.iscoroutinefunction(fn)
+        if process and is_async:
+            raise TypeError(f"task {name!r}: process=True runs a plain def in a worker process, not an async def")
+        if process and "<locals>" in getattr(fn, "__qualname__", ""):
+            raise TypeError(f"task {name!r}: a process=True handler must be defined at module level")
         doc = (fn.__doc__ or "").strip().splitlines()
         return TaskSpec(
             name=name,
@@ -102,6 +125,7 @@ def task(
             timeout=timeout,
             backoff=backoff,
             description=doc[0] if doc else "",
+            kind="process" if process else "async" if is_async else "thread",
         )
 
     return decorate

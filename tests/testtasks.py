@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Any
 
 import attrs
@@ -144,3 +147,42 @@ async def tracked(payload: Tracked, ctx: JobContext) -> dict[str, int]:
         raise
     RUNS.append((ctx.lease_token, "end", trio.current_time()))
     return {"token": ctx.lease_token}
+
+
+# -- sync handlers: in a thread, and in a worker process (tests/service/test_handlers.py) --
+
+#: The "blocking" handler waits for this (a test sets it to let the abandoned thread end).
+RELEASE = threading.Event()
+
+
+@task("in_thread")
+def in_thread(payload: Any, ctx: JobContext) -> dict[str, Any]:
+    """A plain def: runs in a thread, not on the event loop."""
+    return {"in_a_thread": threading.current_thread() is not threading.main_thread(), "job": ctx.job_id}
+
+
+@task("blocking", timeout=0.5, max_attempts=1)
+def blocking(payload: Any, ctx: JobContext) -> str:
+    """Blocks its thread until RELEASE is set (or 30 s)."""
+    RELEASE.wait(30)
+    return "released"
+
+
+@task("in_process", payload=Nap, process=True)
+def in_process(payload: Nap, ctx: JobContext) -> dict[str, Any]:
+    """Runs in a worker process; its payload is validated there."""
+    return {"pid": os.getpid(), "seconds": payload.seconds, "attempt": ctx.attempt}
+
+
+@task("process_fails", process=True, max_attempts=1)
+def process_fails(payload: Any, ctx: JobContext) -> None:
+    """Raises in the worker process."""
+    if payload == "permanent":
+        raise PermanentError("never in the worker process")
+    raise ValueError(f"bad payload {payload!r}")
+
+
+@task("process_stuck", process=True, timeout=0.5, max_attempts=1)
+def process_stuck(payload: Any, ctx: JobContext) -> None:
+    """Never returns on its own (a C-level sleep)."""
+    time.sleep(60)

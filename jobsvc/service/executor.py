@@ -22,6 +22,7 @@ import trio
 from .. import codec
 from ..models import Cancelled, Failed, Job, Outcome, Succeeded
 from ..tasks import JobContext, PermanentError, TaskSpec
+from .handlers import HandlerFailed, Handlers
 
 __all__ = ["run_attempt"]
 
@@ -34,11 +35,14 @@ def _holds_cancelled(exc: BaseException) -> bool:
 
 
 def failure(exc: BaseException) -> Failed:
-    """An exception as a failed outcome; robust to exceptions whose str() fails."""
+    """An exception as a failed outcome; robust to exceptions whose str() fails. A worker
+    process's failure keeps the type name it had there."""
     try:
         message = str(exc) or repr(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not take the worker down
         message = f"<{type(exc).__name__} with an unprintable message>"
+    if isinstance(exc, HandlerFailed):
+        return Failed(exc.type_name, message, permanent=exc.permanent)
     return Failed(type(exc).__name__, message, permanent=isinstance(exc, PermanentError))
 
 
@@ -46,10 +50,12 @@ def _timeout(seconds: float) -> Failed:
     return Failed("Timeout", f"the attempt took longer than {seconds:g}s")
 
 
-async def _call(job: Job, spec: TaskSpec, ctx: JobContext) -> Outcome:
+async def _call(job: Job, spec: TaskSpec, ctx: JobContext, handlers: Handlers) -> Outcome:
     try:
-        payload: Any = job.payload if spec.payload is None else codec.structure(job.payload, spec.payload, path="$.payload")
-        result = await spec(payload, ctx)
+        payload: Any = job.payload
+        if spec.payload is not None and spec.kind != "process":  # a worker process validates its own
+            payload = codec.structure(job.payload, spec.payload, path="$.payload")
+        result = await handlers.call(spec, payload, ctx)
         codec.check_json_result(result)
     except BaseException as exc:  # noqa: BLE001 - contained: see the module docstring
         if _holds_cancelled(exc):
@@ -59,7 +65,14 @@ async def _call(job: Job, spec: TaskSpec, ctx: JobContext) -> Outcome:
 
 
 async def run_attempt(
-    job: Job, spec: TaskSpec, ctx: JobContext, *, scope: trio.CancelScope, timeout: float, stopped: Callable[[], bool]
+    job: Job,
+    spec: TaskSpec,
+    ctx: JobContext,
+    *,
+    scope: trio.CancelScope,
+    timeout: float,
+    stopped: Callable[[], bool],
+    handlers: Handlers,
 ) -> Outcome:
     """Run the attempt inside ``scope`` within ``timeout`` seconds; return how it ended.
     ``stopped()`` tells a cancel on purpose from the deadline."""
@@ -67,7 +80,7 @@ async def run_attempt(
     outcome: Outcome = Failed("Interrupted", "the attempt did not finish")
     try:
         with scope:
-            outcome = await _call(job, spec, ctx)
+            outcome = await _call(job, spec, ctx, handlers)
     except BaseException as exc:  # noqa: BLE001 - see below
         # The handler's own nursery raised a group holding our scope's Cancelled and some
         # error; the scope took its Cancelled back and the rest is left: the attempt ended.

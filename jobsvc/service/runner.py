@@ -40,6 +40,7 @@ from ..store import ClaimRequest, ClaimResult, Finished, Store
 from ..tasks import JobContext, Registry
 from .attempts import Attempt, Attempts, Phase
 from .executor import run_attempt
+from .handlers import Handlers
 from .observer import Observer
 from .recorder import FENCED, GAVE_UP, Recorded, Recorder
 from .shutdown import Shutdown
@@ -89,6 +90,8 @@ class Runner:
         self._waiters = waiters
         self._shutdown = shutdown
         self._observer = observer
+        #: how handlers are called: the event loop, threads, worker processes
+        self.handlers = Handlers(workers=settings.workers, log_level=settings.log_level, log_format=settings.log_format)
         self._default_backoff = Backoff(base=settings.backoff_base, cap=settings.backoff_cap)
         self.tasks: Collection[str] = frozenset(registry.names())
         self._send, self._receive = trio.open_memory_channel[Attempt](settings.workers)
@@ -155,6 +158,7 @@ class Runner:
                     self._finish(attempt, Released())
             self.done.set()
             self._recorder.close()
+            self.handlers.close()
 
     async def _recover(self) -> bool:
         """Take back the jobs a crashed process left running. False if shut down meanwhile."""
@@ -219,7 +223,13 @@ class Runner:
         self._observer.job_event("started", job, waited=max(0.0, self._clock.now() - job.run_at))
         try:
             outcome = await run_attempt(
-                job, spec, ctx, scope=attempt.scope, timeout=timeout, stopped=lambda: attempt.stop_reason is not None
+                job,
+                spec,
+                ctx,
+                scope=attempt.scope,
+                timeout=timeout,
+                stopped=lambda: attempt.stop_reason is not None,
+                handlers=self.handlers,
             )
         except BaseException:
             # The shutdown deadline (or a forced stop) cancelled the handler: hand the job
@@ -368,4 +378,6 @@ class Runner:
             "busy_workers": self._attempts.busy() - stats.current_buffer_used,
             "channel_buffered": stats.current_buffer_used,
             "recording": sum(1 for a in self._attempts if a.phase is Phase.RECORDING),
+            "abandoned_threads": self.handlers.abandoned,
+            "handler_processes": self.handlers.processes,
         }
