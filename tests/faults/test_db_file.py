@@ -202,7 +202,14 @@ async def test_db_file_fault(kind: str, tmp_path: Path, procs: Any, report: Any)
 
     r.acked = len(acked)
     r.lost = len(lost_after) + (0 if kind == "deleted" else len(lost_before))
-    r.recover = f"/ready 503 after {first_ready_503:.2f} s" if first_ready_503 is not None else "/ready never said 503"
+    if died is not None:
+        r.recover = f"the process died (exit status {died}); a restart recovers"
+    elif kind == "deleted" or refused_after:
+        r.recover = f"/ready 503 after {first_ready_503:.2f} s" if first_ready_503 is not None else "/ready never said 503"
+        if kind != "deleted":
+            r.recover += f"; after the undo: {dict(statuses['undone'])}"
+    else:
+        r.recover = "writes kept working"
     r.observe("submissions", {k: dict(v) for k, v in statuses.items()})
     r.observe("/ready after the fault (seconds after it, status, reason)", ready_after)
     r.observe("acknowledged before the fault / lost after the restart", f"{len(before_ids)} / {len(lost_before)}")

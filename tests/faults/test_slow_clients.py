@@ -273,7 +273,8 @@ async def test_slow_clients(tmp_path: Path, procs: Any, report: Any) -> None:
         await trio.sleep(max(0.0, p["wait"] - (time.monotonic() - t0)))
         phase_stats["A"] = {"flood took s": round(time.monotonic() - t0, 2), **stats}
         mon.phase = "A-after"
-        recovery["A: descriptors back after the flood (s)"] = await _wait_fds(server.pid, baseline_fds, p["wait"] + 10)
+        # (connections queued in the kernel's backlog are accepted late, then wait their own time)
+        recovery["A: descriptors back after the flood (s)"] = await _wait_fds(server.pid, baseline_fds, 2 * p["wait"] + 10)
 
         # B. slowloris
         mon.phase = "B-slowloris"
