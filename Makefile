@@ -12,7 +12,10 @@ RUN_EXTRAS := $(if $(filter postgres%,$(DB)),[postgres])
 RUN_STAMP := $(VENV)/.run-stamp$(if $(RUN_EXTRAS),-postgres)
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help install run test test-fast tools pg bench lint clean
+FAULTS_SCALE ?= full
+FAULTS_REPORT ?= tests/faults/REPORT.md
+
+.PHONY: help install run test test-fast tools pg bench lint clean faults
 
 help:
 	@echo "make run    start jobsvc on http://$(BIND) (SQLite $(DB), demo tasks); Ctrl-C drains and stops it"
@@ -20,6 +23,7 @@ help:
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make tools  install what tests/deploy runs when missing: promtool, docker-compose (Debian, needs root)"
 	@echo "make bench  run the benchmarks: bench/RESULTS.md, bench/results-postgres.json"
+	@echo "make faults run the fault campaign (FAULTS_SCALE=full|medium|short): tests/faults/REPORT.md"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +71,17 @@ test-fast: $(STAMP)
 bench: $(STAMP) pg
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bench_pg.py --json bench/results-postgres.json
+
+# The fault campaign (tests/faults): real jobsvc processes killed, starved of disk, of their
+# database file, of PostgreSQL (a throwaway cluster of its own, never the shared server), of
+# descriptors, and fed misbehaving handlers. Needs root for the tmpfs and chattr scenarios
+# (they are skipped otherwise) and PostgreSQL's server binaries (installed here if missing).
+# Writes $(FAULTS_REPORT) and prints it; exits non-zero if any scenario failed.
+faults: $(STAMP)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q postgresql; } || \
+		echo "warning: no PostgreSQL server binaries (initdb); scenario 4 will fail" >&2
+	FAULTS_SCALE=$(FAULTS_SCALE) FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/python -m pytest tests/faults -m faults -p no:cacheprovider -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check jobsvc tests bench

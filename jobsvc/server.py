@@ -18,8 +18,10 @@ balancer sees the instance leave, then stops accepting and finishes in-flight re
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
+import threading
 from collections.abc import Callable
 
 import attrs
@@ -42,6 +44,10 @@ log = logging.getLogger("jobsvc")
 
 #: How long after the drain deadline hypercorn may still take to close its connections.
 HTTP_SLACK = 1.0
+#: A service still not stopped this long after the grace deadline (or after a second
+#: signal) has a handler that ignores cancellation: the process exits (exit code 3).
+STOP_SLACK, FORCE_SLACK = 10.0, 5.0
+EXIT_STUCK = 3
 
 
 @attrs.frozen
@@ -71,6 +77,41 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     return config
 
 
+def _exit_stuck() -> None:
+    log.error(
+        "jobsvc did not stop: a job handler ignores cancellation (blocking code in an async handler?); "
+        "exiting now with code %d; its job will be rescued (at the next start on SQLite, when its lease "
+        "expires on PostgreSQL)",
+        EXIT_STUCK,
+    )
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
+
+
+async def _watchdog(shutdown: Shutdown) -> None:
+    """A handler stuck in code that ignores cancellation (``trio.to_thread.run_sync`` without
+    ``abandon_on_cancel``, a blocking call in an ``async def``) must not keep the process past
+    its drain: exit, as a crash would, and let the job be rescued. A thread timer backs this
+    task up for a handler that blocks the event loop itself (then no signal gets through
+    either)."""
+    await shutdown.requested.wait()
+    stopped = threading.Event()
+    def backstop_fired() -> None:
+        if not stopped.is_set():
+            _exit_stuck()
+
+    backstop = threading.Timer(shutdown.grace + STOP_SLACK + FORCE_SLACK, backstop_fired)
+    backstop.daemon = True
+    backstop.start()
+    try:
+        await shutdown.overdue(after_grace=STOP_SLACK, after_force=FORCE_SLACK)
+        if not shutdown.stopped.is_set():
+            _exit_stuck()
+    finally:
+        stopped.set()
+        backstop.cancel()
+
+
 async def _watch_signals(shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
@@ -98,6 +139,7 @@ async def run_service(
     async with trio.open_nursery() as nursery:
         if handle_signals:
             await nursery.start(_watch_signals, shutdown)
+            nursery.start_soon(_watchdog, shutdown)
         async with open_service(
             settings, registry=registry, clock=clock, rng=rng, observer=PrometheusObserver(), shutdown=shutdown
         ) as service:

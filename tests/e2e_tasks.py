@@ -8,6 +8,8 @@ on ``PYTHONPATH``).
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
 import attrs
 import trio
@@ -47,3 +49,9 @@ def read_ledger(path: str | os.PathLike[str]) -> dict[str, int]:
     except FileNotFoundError:
         pass
     return counts
+
+
+@task("uncancellable", max_attempts=1)
+async def uncancellable(payload: Any, ctx: JobContext) -> None:
+    """Blocks a thread trio may not abandon: the attempt cannot be cancelled."""
+    await trio.to_thread.run_sync(time.sleep, 120)

@@ -97,6 +97,8 @@ class Runner:
         self._send, self._receive = trio.open_memory_channel[Attempt](settings.workers)
         #: the store may hold due jobs this process could run (claims must not skip them)
         self.backlog = True
+        #: claims under way (their result may show a backlog)
+        self._claiming = 0
         #: epoch time the next known job becomes due (None: none known)
         self._next_due: float | None = None
         self._wake = trio.Event()
@@ -115,8 +117,9 @@ class Runner:
             self._wake.set()
 
     def can_claim_at_insert(self) -> bool:
-        """A submission may claim its own jobs: no older due job waits in the store."""
-        return not self.backlog and not self._shutdown.draining
+        """A submission may claim its own jobs: no older due job waits in the store (none
+        known, and no claim under way that may find some)."""
+        return not self.backlog and not self._claiming and not self._shutdown.draining
 
     def deliver(self, jobs: Sequence[Job]) -> None:
         """Hand claimed jobs to the workers. Call it inside ``attempts.reserve(...)``."""
@@ -324,9 +327,11 @@ class Runner:
             ticket = ClaimTicket(
                 ClaimRequest(owner=self.owner, now=self._clock.now(), lease=self._settings.lease, limit=n, tasks=self.tasks)
             )
+            self._claiming += 1
             try:
                 yield ticket
             finally:
+                self._claiming -= 1
                 result = ticket.result
                 if result is None:  # the transaction failed: look again later
                     self.backlog = True

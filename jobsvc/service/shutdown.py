@@ -86,6 +86,16 @@ class Shutdown:
         with trio.move_on_at(self.begun_at + self.drain_delay):
             await self.forced.wait()
 
+    async def overdue(self, *, after_grace: float, after_force: float) -> None:
+        """Return when the service should have stopped by now: ``after_grace`` seconds past
+        the grace deadline, or ``after_force`` seconds past :meth:`force`. (Whether it has
+        stopped is for the caller to check: ``stopped``.)"""
+        await self.requested.wait()
+        with trio.move_on_at(self.begun_at + self.grace + after_grace) as grace_passed:
+            await self.forced.wait()
+        if not grace_passed.cancelled_caught:
+            await trio.sleep(after_force)
+
     def _move_deadline(self, deadline: float) -> None:
         self.deadline = deadline
         for scope, slack in self._scopes:

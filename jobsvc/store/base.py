@@ -23,10 +23,11 @@ on a running job (a cancel request), so an outcome computed before that request 
 recomputed from the current row instead of overwriting it.
 
 Durability: ``_write(fn, durable=True)`` for what a client is answered about (a submission,
-a cancel, a redrive) is on disk before it returns. Worker-side writes (claims, outcomes,
-heartbeats, rescues) may be flushed up to ``fsync_interval`` seconds later: a crash of the
-process loses nothing, a power loss may make the last moments' attempts run again
-(at-least-once either way).
+a cancel, a redrive) is on disk before it returns. Worker-side writes (outcomes, heartbeats,
+rescues, and claims on an exclusive store) may be flushed up to ``fsync_interval`` seconds
+later: a crash of the process loses nothing, a power loss may make the last moments'
+attempts run again (at-least-once either way). Claims on a shared store are durable: lease
+tokens must never repeat while another process may still hold the older attempt.
 
 Counts by task and state are kept up to date in the same transactions (triggers in the SQL
 stores), so admission control, ``/ready`` and ``/metrics`` never scan the jobs table.
@@ -331,7 +332,11 @@ class Store(abc.ABC):
         highest priority first, then ``run_at``, then ``seq``, exactly as
         :func:`jobsvc.models.claim` would. Concurrent callers never claim the same job."""
         request = ClaimRequest(owner=owner, now=now, lease=lease, limit=limit, tasks=tasks)
-        return await self._write(lambda tx: claim_jobs(tx, request))
+        # Durable where other processes live on when the database crashes (PostgreSQL): a
+        # claim forgotten by a crash would let the next claim reuse its lease token while
+        # the first attempt still runs, and the fence could not tell the two apart. (On an
+        # exclusive store a crash that forgets a claim takes its attempt with it.)
+        return await self._write(lambda tx: claim_jobs(tx, request), durable=not self.exclusive)
 
     async def record(self, finished: Sequence[Finished]) -> list[Job | None]:
         """Write the outcomes of ended attempts in one transaction (group commit), each

@@ -303,3 +303,28 @@ def test_unknown_jobsvc_variable_exits_2(servers: Any, db_path: Path) -> None:
     assert "unknown environment variable JOBSVC_FOO" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert not db_path.exists(), "nothing is opened before the configuration is valid"
+
+
+def test_a_handler_that_ignores_cancellation_cannot_hold_the_process(servers: Any, db_path: Path) -> None:
+    """A handler blocked in a thread trio may not abandon: SIGTERM drains the rest, and a
+    second SIGTERM ends the process within FORCE_SLACK (5 s) with exit code 3 and one
+    error line; its job, left running, is rescued and run again at the next start."""
+    from jobsvc.server import EXIT_STUCK, FORCE_SLACK
+
+    server = servers.start(db_path, "--grace", "0.5")
+    with server.client() as client:
+        job = client.post("/jobs", json={"task": "uncancellable"}).json()
+        servers.wait_until(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "running", timeout=10, what="the job to run")
+    server.send(signal.SIGTERM)
+    servers.wait_until(lambda: "received: shutting down gracefully" in server.log(), timeout=5, what="the first signal")
+    server.send(signal.SIGTERM)
+    sent_at = time.monotonic()
+    code = server.wait_exit(FORCE_SLACK + 5)
+    took = time.monotonic() - sent_at
+    assert code == EXIT_STUCK and took <= FORCE_SLACK + 2, (code, took)
+    assert "a job handler ignores cancellation" in server.log()
+    assert servers.query(db_path, "SELECT state FROM jobs") == [("running",)]
+    again = servers.start(db_path, "--grace", "0.5")
+    with again.client() as client:
+        rescued = client.get(f"/jobs/{job['id']}").json()
+        assert (rescued["state"], rescued["rescues"]) in (("running", 1), ("pending", 1)), rescued

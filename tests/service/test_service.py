@@ -757,3 +757,67 @@ async def test_admission_counts_what_the_store_holds_at_start(start_service: Any
     service = await start_service(store=store, max_pending=3)
     with pytest.raises(TooManyPending, match="3 jobs are pending"):
         await submit(service, "echo", 9)
+
+
+@attrs.define
+class GatedClaims(MemoryStore):
+    """Every claim after the first waits for ``gate`` (a claim in flight for a while)."""
+
+    gate: trio.Event = attrs.field(factory=trio.Event)
+    claims: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        MemoryStore.__init__(self)
+
+    async def claim(self, *, owner: str, now: float, lease: float, limit: int, tasks: Collection[str] | None = None) -> ClaimResult:
+        self.claims += 1
+        if self.claims > 1:
+            await self.gate.wait()
+        return await super().claim(owner=owner, now=now, lease=lease, limit=limit, tasks=tasks)
+
+
+async def test_a_submission_does_not_overtake_jobs_a_claim_in_flight_may_find(start_service: Any, autojump_clock: Any) -> None:
+    """Two workers, older due jobs waiting. At t=1 one worker frees up and the claim loop's
+    claim goes out (and stays in flight); at t=2 the other worker frees up. A submission at
+    t=2.5 must not take that worker at insert: older jobs wait (the claim in flight may find
+    them), so it queues behind them."""
+    store = GatedClaims()
+    olds = [Job(id="old-2s", task="nap", payload={"seconds": 2}, max_attempts=1, run_at=EPOCH - 10, created_at=EPOCH, updated_at=EPOCH)]
+    olds += [Job(id=f"old{i}", task="nap", payload={"seconds": 1}, max_attempts=1, run_at=EPOCH - 9, created_at=EPOCH, updated_at=EPOCH) for i in range(4)]
+    await store.insert(olds)
+    service = await start_service(store=store, workers=2)
+    await trio.sleep(2.5)
+    try:
+        new = await submit(service, "nap", {"seconds": 1})
+        assert new.state is JobState.PENDING
+    finally:
+        store.gate.set()  # the held claim is shielded: release it whatever happens
+    finished = {j.id: (await service.wait(j.id, 30)).finished_at for j in [*olds, new]}
+    assert finished[new.id] == max(finished.values())
+
+
+@attrs.define
+class DurabilityRecorder(MemoryStore):
+    """Notes the ``durable`` flag of every write transaction."""
+
+    writes: list[bool] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        MemoryStore.__init__(self)
+
+    async def _write(self, fn: Any, *, durable: bool = False) -> Any:
+        self.writes.append(durable)
+        return await super()._write(fn, durable=durable)
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+async def test_claims_are_durable_where_other_processes_outlive_a_database_crash(exclusive: bool) -> None:
+    """On a shared store (PostgreSQL) a claim is a durable transaction: a claim forgotten by
+    a database crash would hand its lease token to the next claim while the first attempt
+    still runs. On an exclusive store a crash takes the attempt with it: no need."""
+    store = DurabilityRecorder()
+    store.exclusive = exclusive
+    await store.insert([Job(id="j", task="echo", payload=1, max_attempts=1, run_at=EPOCH, created_at=EPOCH, updated_at=EPOCH)])
+    store.writes.clear()
+    await store.claim(owner="w", now=EPOCH, lease=5, limit=1)
+    assert store.writes == [not exclusive]
