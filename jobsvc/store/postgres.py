@@ -585,8 +585,15 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _run(self, fn: Callable[[psycopg.Connection[Any]], T], *, durable: bool = True) -> T:
-        """Run ``fn(conn)`` as one transaction in a worker thread (one hop)."""
+    async def _run(
+        self, fn: Callable[[psycopg.Connection[Any]], T], *, durable: bool = True, abandonable: bool = False
+    ) -> T:
+        """Run ``fn(conn)`` as one transaction in a worker thread (one hop).
+
+        ``abandonable`` lets a cancelled caller return at once while the thread finishes on
+        its own (it keeps its limiter token and its connection until then): only for reads
+        whose answer nobody needs once the caller has gone, like :meth:`ping`.
+        """
         if self._closed:
             raise StoreUnavailable("the PostgreSQL store is closed")
         relaxed = not durable and self.fsync_interval > 0
@@ -600,7 +607,7 @@ class PostgresStore(Store):
 
             return _guard(self._url, tx)
 
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        return await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=abandonable)
 
     async def _write(self, fn: Callable[[Tx], T], *, durable: bool = False) -> T:
         return await self._run(lambda conn: fn(_PgTx(conn)), durable=durable)
@@ -761,12 +768,13 @@ class PostgresStore(Store):
         self._pending_wake = False
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless a pooled connection answers."""
+        """Raise StoreUnavailable unless a pooled connection answers. A caller's deadline
+        (``/ready`` gives it 2 s) holds even while the server does not answer at all."""
 
         def tx(conn: psycopg.Connection[Any]) -> None:
             conn.execute("SELECT 1")
 
-        await self._run(tx)
+        await self._run(tx, abandonable=True)
 
     async def aclose(self) -> None:
         """Close the pool and the LISTEN connection; idempotent."""

@@ -576,3 +576,32 @@ async def test_a_batch_write_locks_rows_in_id_order_so_it_cannot_deadlock(store:
             holder.execute("SELECT 1 FROM jobs WHERE id = 'b' FOR UPDATE")  # would deadlock if the batch held b
             holder.commit()
     assert [j.state if j else None for j in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+
+
+async def test_ping_keeps_its_callers_deadline_while_the_server_does_not_answer(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch, autojump_clock: Any
+) -> None:
+    """/ready gives ping 2 s; a server that takes the connection and never answers must not
+    hold the probe (a blocking thread call would ignore the deadline until the server gave up)."""
+    from contextlib import contextmanager
+
+    hang = threading.Event()
+    entered = threading.Event()
+
+    @contextmanager
+    def stuck_connection(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        hang.wait(30)  # released below; the bound only stops a broken test from hanging forever
+        raise psycopg.OperationalError("server did not answer")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(store._pool, "connection", stuck_connection)
+    try:
+        start = trio.current_time()
+        with pytest.raises(trio.TooSlowError):
+            with trio.fail_after(2):
+                await store.ping()
+        assert entered.wait(5)  # the probe did reach the server (the thread may start after the jump)
+        assert trio.current_time() - start == 2
+    finally:
+        hang.set()
