@@ -44,8 +44,8 @@ log = logging.getLogger("jobsvc")
 
 #: How long after the drain deadline hypercorn may still take to close its connections.
 HTTP_SLACK = 1.0
-#: A service still not stopped this long after the grace deadline (or after a second
-#: signal) has a handler that ignores cancellation: the process exits (exit code 3).
+#: A service still not stopped this long after its graceful stop should have ended (grace +
+#: drain delay after the first signal), or after a second signal, has a handler that ignores cancellation: the process exits (exit code 3).
 STOP_SLACK, FORCE_SLACK = 10.0, 5.0
 EXIT_STUCK = 3
 
@@ -100,7 +100,7 @@ async def _watchdog(shutdown: Shutdown) -> None:
         if not stopped.is_set():
             _exit_stuck()
 
-    backstop = threading.Timer(shutdown.grace + STOP_SLACK + FORCE_SLACK, backstop_fired)
+    backstop = threading.Timer(shutdown.stop_budget + STOP_SLACK + FORCE_SLACK, backstop_fired)
     backstop.daemon = True
     backstop.start()
     try:

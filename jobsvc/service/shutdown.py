@@ -55,6 +55,12 @@ class Shutdown:
     _scopes: list[tuple[trio.CancelScope, float]] = attrs.field(factory=list)
 
     @property
+    def stop_budget(self) -> float:
+        """Seconds a graceful stop may take: the job drain and the HTTP drain delay overlap,
+        but each may use all of its time, so plan for the sum."""
+        return self.grace + self.drain_delay
+
+    @property
     def draining(self) -> bool:
         return self.phase is not Phase.SERVING
 
@@ -88,10 +94,11 @@ class Shutdown:
 
     async def overdue(self, *, after_grace: float, after_force: float) -> None:
         """Return when the service should have stopped by now: ``after_grace`` seconds past
-        the grace deadline, or ``after_force`` seconds past :meth:`force`. (Whether it has
-        stopped is for the caller to check: ``stopped``.)"""
+        the end of a graceful stop (:attr:`stop_budget` after :meth:`begin`), or
+        ``after_force`` seconds past :meth:`force`. (Whether it has stopped is for the caller
+        to check: ``stopped``.)"""
         await self.requested.wait()
-        with trio.move_on_at(self.begun_at + self.grace + after_grace) as grace_passed:
+        with trio.move_on_at(self.begun_at + self.stop_budget + after_grace) as grace_passed:
             await self.forced.wait()
         if not grace_passed.cancelled_caught:
             await trio.sleep(after_force)

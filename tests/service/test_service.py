@@ -821,3 +821,31 @@ async def test_claims_are_durable_where_other_processes_outlive_a_database_crash
     store.writes.clear()
     await store.claim(owner="w", now=EPOCH, lease=5, limit=1)
     assert store.writes == [not exclusive]
+
+
+@pytest.mark.parametrize(
+    ("drain_delay", "force_at", "expected"),
+    [
+        (0.0, None, 5 + 10),  # grace, then the slack
+        (30.0, None, 5 + 30 + 10),  # an HTTP drain delay longer than the grace is not "stuck"
+        (30.0, 2.0, 2 + 3),  # a second signal: the force slack, whatever the delays
+    ],
+)
+async def test_shutdown_is_overdue_only_after_its_whole_budget(
+    drain_delay: float, force_at: float | None, expected: float, autojump_clock: Any
+) -> None:
+    """The watchdog's clock: a stop is overdue ``after_grace`` past grace + drain delay, or
+    ``after_force`` past a second signal."""
+    from jobsvc.service import Shutdown
+
+    shutdown = Shutdown(grace=5, drain_delay=drain_delay)
+    shutdown.begin()
+    async with trio.open_nursery() as nursery:
+        if force_at is not None:
+            async def second_signal() -> None:
+                await trio.sleep(force_at)
+                shutdown.force()
+
+            nursery.start_soon(second_signal)
+        await shutdown.overdue(after_grace=10, after_force=3)
+    assert trio.current_time() == expected
