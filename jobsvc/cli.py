@@ -111,7 +111,12 @@ def _serve_epilog() -> str:
         lines.append(f"  {variable:<24} --{name.replace('_', '-')}{hint}")
     for variable, meaning in OTHER_ENV.items():
         lines.append(f"  {variable:<24} {meaning}")
-    lines.append("An unknown JOBSVC_ variable is an error. Docs: README.rst, docs/operations.md.")
+    lines.append("An unknown JOBSVC_ variable is an error.")
+    lines.append(
+        "exit codes: 0 stopped (every job handed back), 1 the store could not be opened, "
+        "2 configuration error, 3 did not stop in time (a handler blocks the event loop; its jobs are rescued)"
+    )
+    lines.append("Docs: README.rst, docs/operations.md.")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ The names, labels and meanings are listed in ``docs/operations.md`` ("Metrics"):
   (from :mod:`jobsvc.middleware`) and the store operation metrics (from
   :class:`~jobsvc.service.instrumented.InstrumentedStore`);
 * per instance, read at scrape time: ``jobsvc_workers``, ``jobsvc_workers_busy``,
+  ``jobsvc_handler_threads_abandoned``, ``jobsvc_handlers_stuck``, ``jobsvc_handler_processes``,
   ``jobsvc_store_reporter``, ``jobsvc_build_info``, ``process_*``, ``python_*``;
 * store-wide, read at scrape time and exported **only by the reporter** (one instance per
   store, see ``Store.is_reporter``), so that ``sum()`` over instances counts each job once:
@@ -77,6 +78,9 @@ class Snapshot:
     workers: int
     busy: int  #: attempts queued or running
     reporter: bool
+    abandoned_threads: int = 0  #: threads of cancelled sync handlers still running
+    stuck_handlers: int = 0  #: async handlers written off for ignoring their cancellation
+    handler_processes: int = 0  #: worker processes alive for process=True handlers
     #: store-wide jobs by task and state (None: not the reporter, or the store is down)
     queue: Mapping[str, Mapping[JobState, int]] | None = None
     oldest_due_age: float = 0.0
@@ -98,6 +102,20 @@ class _ScrapeCollector:
     def _families(snap: Snapshot) -> Iterator[Metric]:
         yield GaugeMetricFamily("jobsvc_workers", "Configured workers of this instance", value=snap.workers)
         yield GaugeMetricFamily("jobsvc_workers_busy", "Attempts queued or running on this instance", value=snap.busy)
+        yield GaugeMetricFamily(
+            "jobsvc_handler_threads_abandoned",
+            "Threads of cancelled plain-def handlers still running their function on this instance",
+            value=snap.abandoned_threads,
+        )
+        yield GaugeMetricFamily(
+            "jobsvc_handlers_stuck",
+            "Async handlers written off for ignoring their cancellation, still running on this instance",
+            value=snap.stuck_handlers,
+        )
+        yield GaugeMetricFamily(
+            "jobsvc_handler_processes", "Worker processes alive for process=True handlers on this instance",
+            value=snap.handler_processes,
+        )
         yield GaugeMetricFamily(
             "jobsvc_store_reporter",
             "1 on the instance that exports the store-wide gauges (jobsvc_queue_*), else 0",
@@ -233,6 +251,9 @@ async def scrape(service: JobService, metrics: PrometheusObserver) -> bytes:
         workers=int(stats["workers"]),
         busy=int(stats["busy_workers"]) + int(stats["channel_buffered"]),
         reporter=reporter,
+        abandoned_threads=int(stats["abandoned_threads"]),
+        stuck_handlers=int(stats["stuck_handlers"]),
+        handler_processes=int(stats["handler_processes"]),
         queue=queue,
         oldest_due_age=oldest,
     )

@@ -89,11 +89,11 @@ def _exit_stuck() -> None:
 
 
 async def _watchdog(shutdown: Shutdown) -> None:
-    """A handler stuck in code that ignores cancellation (``trio.to_thread.run_sync`` without
-    ``abandon_on_cancel``, a blocking call in an ``async def``) must not keep the process past
-    its drain: exit, as a crash would, and let the job be rescued. A thread timer backs this
-    task up for a handler that blocks the event loop itself (then no signal gets through
-    either)."""
+    """A service that has not stopped well past its drain (the event loop blocked by a
+    handler, or a part that hangs) exits, as a crash would, and its jobs are rescued.
+    (A handler that merely ignores its cancellation is written off by the runner, and
+    :func:`_exit_past_stuck_handlers` ends the process cleanly.) A thread timer backs this
+    task up for the event loop blocked outright: then no trio task runs at all."""
     await shutdown.requested.wait()
     stopped = threading.Event()
     def backstop_fired() -> None:
@@ -110,6 +110,24 @@ async def _watchdog(shutdown: Shutdown) -> None:
     finally:
         stopped.set()
         backstop.cancel()
+
+
+async def _exit_past_stuck_handlers(shutdown: Shutdown, service: JobService, http_closed: trio.Event) -> None:
+    """Once the shutdown has settled (every job handed back, every outcome written, the
+    listener closed), handlers written off for ignoring their cancellation are all that
+    keeps trio from returning: exit rather than wait for them. Nothing is lost: their jobs'
+    outcomes were written when they were written off."""
+    await shutdown.settled.wait()
+    await http_closed.wait()
+    stuck = int(service.statistics()["stuck_handlers"])
+    if stuck and not shutdown.stopped.is_set():
+        log.error(
+            "jobsvc stopped: every job was handed back, but %d handler(s) that ignore cancellation still "
+            "run; exiting without waiting for them",
+            stuck,
+        )
+        logging.shutdown()
+        os._exit(0)
 
 
 async def _watch_signals(shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -143,6 +161,9 @@ async def run_service(
         async with open_service(
             settings, registry=registry, clock=clock, rng=rng, observer=PrometheusObserver(), shutdown=shutdown
         ) as service:
+            http_closed = trio.Event()
+            if handle_signals:
+                nursery.start_soon(_exit_past_stuck_handlers, shutdown, service, http_closed)
             if not shutdown.draining:  # not shut down while recovery waited for the store
                 async with trio.open_nursery() as http:
                     # never serve past the drain deadline plus the drain delay
@@ -169,5 +190,6 @@ async def run_service(
                     if on_listening is not None:
                         on_listening(binds)
                     task_status.started(Running(service, binds))
+            http_closed.set()
         nursery.cancel_scope.cancel()  # the signal watcher
     log.info("jobsvc stopped")

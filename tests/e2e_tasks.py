@@ -55,3 +55,12 @@ def read_ledger(path: str | os.PathLike[str]) -> dict[str, int]:
 async def uncancellable(payload: Any, ctx: JobContext) -> None:
     """Blocks a thread trio may not abandon: the attempt cannot be cancelled."""
     await trio.to_thread.run_sync(time.sleep, 120)
+
+
+@task("blocks_loop_when_cancelled", max_attempts=1)
+async def blocks_loop_when_cancelled(payload: Any, ctx: JobContext) -> None:
+    """Once cancelled, blocks the event loop itself (nothing in trio can run meanwhile)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        time.sleep(60)  # noqa: ASYNC251 - the point of the test

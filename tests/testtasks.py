@@ -186,3 +186,12 @@ def process_fails(payload: Any, ctx: JobContext) -> None:
 def process_stuck(payload: Any, ctx: JobContext) -> None:
     """Never returns on its own (a C-level sleep)."""
     time.sleep(60)
+
+
+@task("deaf", timeout=5, max_attempts=1)
+async def deaf(payload: float, ctx: JobContext) -> str:
+    """Ignores its cancellation for ``payload`` seconds (a shielded sleep stands in for a
+    blocking call trio cannot interrupt), then returns."""
+    with trio.CancelScope(shield=True):
+        await trio.sleep(payload)
+    return "finally"

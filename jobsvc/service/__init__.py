@@ -78,6 +78,13 @@ async def _release_waiters(shutdown: Shutdown, waiters: Waiters) -> None:
     waiters.notify_all()
 
 
+async def _settle(shutdown: Shutdown, runner: Runner, recorder: Recorder) -> None:
+    """``shutdown.settled``: every outcome written; only written-off handlers may still run."""
+    await runner.done.wait()
+    await recorder.done.wait()
+    shutdown.settled.set()
+
+
 @asynccontextmanager
 async def open_service(
     settings: Settings,
@@ -149,6 +156,7 @@ async def open_service(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_release_waiters, shutdown, waiters)
+                nursery.start_soon(_settle, shutdown, runner, recorder)
                 await nursery.start(recorder.run)
                 await nursery.start(maintenance.run, recorder.done)
                 await nursery.start(runner.run)

@@ -24,7 +24,7 @@ old handler has returned (:meth:`Attempts.superseded`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import attrs
@@ -52,10 +52,18 @@ class Attempt:
     #: why ``scope`` was cancelled on purpose ("cancelled", "lost"); None: not on purpose (a
     #: cancel of the scope without a reason is its deadline, the attempt's timeout)
     stop_reason: str | None = None
+    stopped_at: float | None = None  #: trio time of the first stop()
     started_at: float | None = None  #: trio time the handler started
+    timeout: float | None = None  #: the attempt's time limit, in seconds (set when it starts)
     ended_at: float | None = None  #: trio time the handler ran to an outcome
-    #: set when the handler has returned (or never ran): the attempt no longer runs code
+    #: set when the handler has returned (or never ran), or was written off: the attempt no
+    #: longer runs code that holds its job
     ended: trio.Event = attrs.field(factory=trio.Event)
+    #: its handler ignored its cancellation: the outcome was decided without it, and its
+    #: worker was replaced (see :meth:`jobsvc.service.runner.Runner.write_off`)
+    written_off: bool = False
+    #: called after the first stop(): the runner watches stopped attempts end
+    on_stop: Callable[[], None] | None = None
 
     @property
     def key(self) -> AttemptKey:
@@ -64,6 +72,9 @@ class Attempt:
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stopped_at = trio.current_time()
+            if self.on_stop is not None:
+                self.on_stop()
         self.scope.cancel()
 
 
@@ -72,6 +83,8 @@ class Attempts:
         self.workers = workers
         self._table: dict[AttemptKey, Attempt] = {}
         self._reserved = 0
+        #: given to every new attempt as its ``on_stop``
+        self.on_stop: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._table)
@@ -106,7 +119,7 @@ class Attempts:
         for old in self._table.values():
             if old.job.id == job.id and old.job.lease_token < job.lease_token:
                 self.lose(old.key)
-        attempt = Attempt(job)
+        attempt = Attempt(job, on_stop=self.on_stop)
         self._table[attempt.key] = attempt
         return attempt
 

@@ -24,7 +24,7 @@ from ..models import Cancelled, Failed, Job, Outcome, Succeeded
 from ..tasks import JobContext, PermanentError, TaskSpec
 from .handlers import HandlerFailed, Handlers
 
-__all__ = ["run_attempt"]
+__all__ = ["run_attempt", "timed_out"]
 
 
 def _holds_cancelled(exc: BaseException) -> bool:
@@ -46,7 +46,7 @@ def failure(exc: BaseException) -> Failed:
     return Failed(type(exc).__name__, message, permanent=isinstance(exc, PermanentError))
 
 
-def _timeout(seconds: float) -> Failed:
+def timed_out(seconds: float) -> Failed:
     return Failed("Timeout", f"the attempt took longer than {seconds:g}s")
 
 
@@ -86,7 +86,7 @@ async def run_attempt(
         # error; the scope took its Cancelled back and the rest is left: the attempt ended.
         if _holds_cancelled(exc) or not scope.cancel_called:
             raise  # an enclosing scope's cancellation (shutdown): not ours to contain
-        return Cancelled() if stopped() else _timeout(timeout)
+        return Cancelled() if stopped() else timed_out(timeout)
     if scope.cancelled_caught:
-        return Cancelled() if stopped() else _timeout(timeout)
+        return Cancelled() if stopped() else timed_out(timeout)
     return outcome

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -34,12 +35,12 @@ import trio
 from ..clock import Clock
 from ..config import Settings
 from ..errors import StoreUnavailable
-from ..models import Failed, Job, JobState, Outcome, Released
+from ..models import Cancelled, Failed, Job, JobState, Outcome, Released
 from ..retry import Backoff, Rng, retry_delay
 from ..store import ClaimRequest, ClaimResult, Finished, Store
 from ..tasks import JobContext, Registry
 from .attempts import Attempt, Attempts, Phase
-from .executor import run_attempt
+from .executor import run_attempt, timed_out
 from .handlers import Handlers
 from .observer import Observer
 from .recorder import FENCED, GAVE_UP, Recorded, Recorder
@@ -53,6 +54,8 @@ job_log = logging.getLogger("jobsvc.job")
 
 #: Backoff of the claim loop while the store is unavailable.
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
+#: Seconds a cancelled handler gets to return before it is written off as stuck.
+STUCK_AFTER = 1.0
 
 
 @attrs.define
@@ -102,8 +105,17 @@ class Runner:
         #: epoch time the next known job becomes due (None: none known)
         self._next_due: float | None = None
         self._wake = trio.Event()
-        #: set when every worker has stopped and every attempt was handed to the recorder
+        #: set when every worker has stopped (but for written-off ones) and every attempt was
+        #: handed to the recorder
         self.done = trio.Event()
+        #: attempts written off whose handler still runs
+        self.stuck: set[Attempt] = set()
+        self._live = 0  #: worker tasks that are not running a written-off handler
+        self._live_done = trio.Event()
+        self._workers: trio.Nursery | None = None
+        self._stuck_wake = trio.Event()
+        self._stuck_check_at = math.inf
+        attempts.on_stop = lambda: self._stuck_wake.set()  # the event is replaced on each look
 
     # -- what the other parts call -----------------------------------------------------
 
@@ -141,27 +153,44 @@ class Runner:
             if not await self._recover():
                 task_status.started()
                 return
-            async with trio.open_nursery() as workers:
-                self._shutdown.attach(workers.cancel_scope)
-                async with self._receive:
-                    for i in range(self._settings.workers):
-                        workers.start_soon(self._work, self._receive.clone(), name=f"jobsvc-worker-{i}")
-                async with trio.open_nursery() as intake:
-                    intake.start_soon(self._claim_loop, name="jobsvc-claims")
-                    intake.start_soon(self._watch_store, name="jobsvc-store-watcher")
-                    task_status.started()
-                    await self._shutdown.requested.wait()
-                    intake.cancel_scope.cancel()
-                await self._send.aclose()  # workers release what is queued, finish, and exit
+            async with trio.open_nursery() as watch:
+                watch.start_soon(self._watch_stuck, name="jobsvc-stuck-watcher")
+                async with trio.open_nursery() as workers:
+                    self._workers = workers
+                    for _ in range(self._settings.workers):
+                        self._start_worker()
+                    async with trio.open_nursery() as intake:
+                        intake.start_soon(self._claim_loop, name="jobsvc-claims")
+                        intake.start_soon(self._watch_store, name="jobsvc-store-watcher")
+                        task_status.started()
+                        await self._shutdown.requested.wait()
+                        intake.cancel_scope.cancel()
+                    await self._send.aclose()  # workers release what is queued, finish, and exit
+                    await self._live_done.wait()
+                    # Every outcome is with the recorder now; a written-off handler may still
+                    # run, and this nursery waits for it.
+                    self._receive.close()
+                    self._finalize()
+                    watch.cancel_scope.cancel()
         finally:
             # Workers cancelled at the deadline (or the service cancelled from outside)
             # leave claimed jobs in the channel: hand them back.
-            for attempt in self._attempts:
-                if attempt.phase is Phase.QUEUED:
-                    self._finish(attempt, Released())
-            self.done.set()
-            self._recorder.close()
-            self.handlers.close()
+            self._finalize()
+
+    def _finalize(self) -> None:
+        if self.done.is_set():
+            return
+        for attempt in self._attempts:
+            if attempt.phase is Phase.QUEUED:
+                self._finish(attempt, Released())
+        self.done.set()
+        self._recorder.close()
+        self.handlers.close()
+
+    def _start_worker(self) -> None:
+        assert self._workers is not None
+        self._live += 1
+        self._workers.start_soon(self._work, self._receive.clone(), name=f"jobsvc-worker-{self._live}")
 
     async def _recover(self) -> bool:
         """Take back the jobs a crashed process left running. False if shut down meanwhile."""
@@ -188,12 +217,26 @@ class Runner:
             return True
 
     async def _work(self, receive: trio.MemoryReceiveChannel[Attempt]) -> None:
-        async with receive:
-            async for attempt in receive:
-                try:
-                    await self._run(attempt)
-                finally:
-                    attempt.ended.set()
+        attempt: Attempt | None = None
+        try:
+            with trio.CancelScope() as scope:
+                self._shutdown.attach(scope)  # cancelled at the end of the grace
+                async with receive:
+                    async for attempt in receive:
+                        try:
+                            await self._run(attempt)
+                        finally:
+                            attempt.ended.set()
+                        if attempt.written_off:  # another worker has taken this one's place
+                            return
+        finally:
+            if attempt is None or not attempt.written_off:
+                self._worker_ended()
+
+    def _worker_ended(self) -> None:
+        self._live -= 1
+        if self._live == 0:
+            self._live_done.set()
 
     async def _run(self, attempt: Attempt) -> None:
         """Run one attempt: skip it, hand it back, or run its handler and hand over the outcome."""
@@ -223,6 +266,9 @@ class Runner:
         timeout = job.timeout or spec.timeout or self._settings.timeout
         attempt.phase = Phase.RUNNING
         attempt.started_at = started = trio.current_time()
+        attempt.timeout = timeout
+        if started + timeout + STUCK_AFTER < self._stuck_check_at:
+            self._stuck_wake.set()  # the stuck watcher looks at it in time
         self._observer.job_event("started", job, waited=max(0.0, self._clock.now() - job.run_at))
         try:
             outcome = await run_attempt(
@@ -237,11 +283,96 @@ class Runner:
         except BaseException:
             # The shutdown deadline (or a forced stop) cancelled the handler: hand the job
             # back without burning the attempt, and let the cancel through.
-            self._finish(attempt, Released())
+            if attempt.written_off:
+                self._returned_after_write_off(attempt)
+            else:
+                self._finish(attempt, Released())
             raise
+        if attempt.written_off:
+            self._returned_after_write_off(attempt)
+            return
         attempt.ended_at = trio.current_time()
         self._observer.attempt_finished(job, outcome, attempt.ended_at - started)
         self._finish(attempt, outcome)
+
+    # -- handlers that ignore their cancellation ----------------------------------------
+
+    def _cancelled_at(self, attempt: Attempt) -> float:
+        """Trio time at which the running ``attempt`` was (or will be) cancelled."""
+        assert attempt.started_at is not None and attempt.timeout is not None
+        at = min(attempt.started_at + attempt.timeout, self._shutdown.cancels_at)
+        return at if attempt.stopped_at is None else min(at, attempt.stopped_at)
+
+    async def _watch_stuck(self) -> None:
+        """Write off the attempts whose handler still runs ``STUCK_AFTER`` seconds after its
+        cancellation. Sleeps until the earliest moment one could be stuck; woken when an
+        attempt starts that would be stuck sooner, is stopped, or the shutdown begins."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._wake_on_shutdown)
+            while True:
+                self._stuck_wake = trio.Event()
+                now = trio.current_time()
+                check_at = math.inf
+                for attempt in self._attempts:
+                    if attempt.phase is not Phase.RUNNING or attempt.written_off:
+                        continue
+                    stuck_at = self._cancelled_at(attempt) + STUCK_AFTER
+                    if stuck_at <= now:
+                        self.write_off(attempt)
+                    else:
+                        check_at = min(check_at, stuck_at)
+                self._stuck_check_at = check_at
+                with trio.move_on_at(check_at):
+                    await self._stuck_wake.wait()
+
+    async def _wake_on_shutdown(self) -> None:
+        await self._shutdown.requested.wait()
+        self._stuck_wake.set()
+        await self._shutdown.forced.wait()
+        self._stuck_wake.set()
+
+    def write_off(self, attempt: Attempt) -> None:
+        """The attempt's handler ignored its cancellation (a blocking call in an ``async
+        def``, ``trio.to_thread.run_sync`` without ``abandon_on_cancel``): decide its outcome
+        without it, as it would have been had the handler returned, free its job (a retry may
+        run elsewhere: this attempt's lease is gone, so nothing it does later can be
+        written), and put a new worker in its place. The handler runs on, counted in
+        :attr:`stuck`, until it returns; its result is then thrown away."""
+        assert attempt.phase is Phase.RUNNING and attempt.started_at is not None and attempt.timeout is not None
+        attempt.written_off = True
+        self.stuck.add(attempt)
+        job = attempt.job
+        outcome: Outcome
+        if attempt.stop_reason == "cancelled":
+            outcome, why = Cancelled(), "its cancel"
+        elif attempt.stop_reason is not None:  # its lease was lost: _finish writes nothing
+            outcome, why = Released(), "the loss of its lease"
+        elif self._shutdown.cancels_at < attempt.started_at + attempt.timeout:
+            outcome, why = Released(), "the shutdown"
+        else:
+            outcome, why = timed_out(attempt.timeout), f"its {attempt.timeout:g}s timeout"
+        log.error(
+            "job %s attempt %d (task %s): the handler still runs %.1fs after %s; written off "
+            "(%s). It ignores cancellation: blocking code in an async def? Make it a plain def "
+            "(it then runs in a thread) or @task(..., process=True).",
+            job.id, job.attempts, job.task, trio.current_time() - self._cancelled_at(attempt), why,
+            type(outcome).__name__ if not isinstance(outcome, Failed) else "Timeout",
+        )
+        attempt.ended_at = trio.current_time()
+        if not isinstance(outcome, Released):
+            self._observer.attempt_finished(job, outcome, attempt.ended_at - attempt.started_at)
+        self._finish(attempt, outcome)
+        attempt.ended.set()  # a new attempt of its job may start: this one holds nothing
+        self._start_worker()
+        self._worker_ended()
+
+    def _returned_after_write_off(self, attempt: Attempt) -> None:
+        self.stuck.discard(attempt)
+        assert attempt.ended_at is not None
+        log.warning(
+            "job %s attempt %d (task %s): the written-off handler returned %.1fs later; its result is discarded",
+            attempt.job.id, attempt.job.attempts, attempt.job.task, trio.current_time() - attempt.ended_at,
+        )
 
     def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
         """The attempt ended: hand its outcome to the recorder; its worker is free now."""
@@ -384,5 +515,6 @@ class Runner:
             "channel_buffered": stats.current_buffer_used,
             "recording": sum(1 for a in self._attempts if a.phase is Phase.RECORDING),
             "abandoned_threads": self.handlers.abandoned,
+            "stuck_handlers": len(self.stuck),
             "handler_processes": self.handlers.processes,
         }

@@ -52,6 +52,11 @@ class Shutdown:
     forced: trio.Event = attrs.field(factory=trio.Event)  #: set by force()
     #: trio time at which begin() was called (inf while serving)
     begun_at: float = math.inf
+    #: trio time at which force() was called (inf unless forced)
+    forced_at: float = math.inf
+    #: set when every attempt's outcome is written and every part has stopped but for the
+    #: handlers written off for ignoring their cancellation (then ``stopped`` waits for them)
+    settled: trio.Event = attrs.field(factory=trio.Event)
     _scopes: list[tuple[trio.CancelScope, float]] = attrs.field(factory=list)
 
     @property
@@ -59,6 +64,12 @@ class Shutdown:
         """Seconds a graceful stop may take: the job drain and the HTTP drain delay overlap,
         but each may use all of its time, so plan for the sum."""
         return self.grace + self.drain_delay
+
+    @property
+    def cancels_at(self) -> float:
+        """Trio time at which running handlers are (or were) cancelled: the end of the grace,
+        or the second signal if that came first; inf while serving."""
+        return min(self.begun_at + self.grace, self.forced_at)
 
     @property
     def draining(self) -> bool:
@@ -81,6 +92,8 @@ class Shutdown:
     def force(self) -> None:
         """Immediate: cancel running handlers now (their jobs are still handed back)."""
         self.begin()
+        if self.phase is not Phase.STOPPING:
+            self.forced_at = trio.current_time()
         self.phase = Phase.STOPPING
         self._move_deadline(-math.inf)
         self.forced.set()

@@ -28,4 +28,4 @@ def test_the_spec_table_is_read() -> None:
     assert metrics["jobsvc_job_outcomes_total"] == "counter"
     assert metrics["jobsvc_attempt_duration_seconds"] == "histogram"
     assert metrics["jobsvc_queue_oldest_due_age_seconds"] == "gauge"
-    assert len(metrics) == 15 and set(prefixes) == {"process_", "python_"}
+    assert len(metrics) == 18 and set(prefixes) == {"process_", "python_"}

@@ -225,7 +225,9 @@ async def test_three_instances_run_3000_jobs_exactly_once(cluster: Cluster) -> N
 
     assert not result.bad and not result.gave_up, (result.bad[:5], result.gave_up[:5])
     assert len(result.accepted) == 3000 and len(set(result.accepted.values())) == 3000
-    assert set(result.statuses) == {202}, result.statuses  # nothing crashed: no replays, no 503s
+    # nothing crashed: no 503s, and a replay (200) only for a submission retried after a
+    # transport error (its first answer lost: a timeout on this loaded 2-core machine)
+    assert set(result.statuses) <= {200, 202} and result.statuses[200] <= result.ambiguous, (result.statuses, result.ambiguous)
     rows = db(cluster.pg_url, "SELECT state, count(*), max(attempts), max(rescues) FROM jobs GROUP BY state")
     assert rows == [("succeeded", 3000, 1, 0)], rows
 

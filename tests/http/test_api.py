@@ -483,7 +483,7 @@ async def test_ready_then_503_while_draining_and_submissions_503(client: httpx.A
     assert r.json() == {
         "status": "ready", "reason": "ok", "workers": 2, "busy_workers": 0, "channel_buffered": 0, "recording": 0,
         "draining": False, "owner": "test-owner", "store": "memory", "store_stats": {},
-        "abandoned_threads": 0, "handler_processes": 0,
+        "abandoned_threads": 0, "stuck_handlers": 0, "handler_processes": 0,
     }
     service.begin_shutdown()
     r = await client.get("/ready")

@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import httpx
 import pytest
 import trio
+from obs.helpers import Metrics  # tests/ is on sys.path
 from testtasks import RELEASE
 
+from jobsvc.app import create_app
 from jobsvc.codec import JobRequest
 from jobsvc.models import JobState
 from jobsvc.service import JobService
@@ -20,6 +23,12 @@ from jobsvc.tasks import task
 async def submit(service: JobService, name: str, payload: Any = None, **fields: Any) -> str:
     [done] = await service.submit([JobRequest(task=name, payload=payload, **fields)])
     return done.job.id
+
+
+async def metrics(service: JobService) -> Metrics:
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+        return Metrics((await client.get("/metrics")).text)
 
 
 async def until(predicate: Any, *, within: float = 10.0) -> None:
@@ -46,8 +55,10 @@ async def test_a_blocking_thread_handler_still_times_out_and_is_counted_until_it
         done = await service.wait(job_id, 10)
     assert (done.state, done.errors[0].type) == (JobState.DEAD, "Timeout")
     assert service.statistics()["abandoned_threads"] == 1
+    assert (await metrics(service)).value("jobsvc_handler_threads_abandoned") == 1
     RELEASE.set()
     await until(lambda: service.statistics()["abandoned_threads"] == 0)
+    assert (await metrics(service)).value("jobsvc_handler_threads_abandoned") == 0
 
 
 async def test_a_blocking_thread_handler_does_not_hold_the_shutdown(start_service: Any) -> None:
@@ -74,6 +85,7 @@ async def test_a_process_handler_runs_in_a_worker_process(start_service: Any) ->
         done = await service.wait(job_id, 30)
     assert done.state is JobState.SUCCEEDED
     assert done.result["pid"] != os.getpid() and (done.result["seconds"], done.result["attempt"]) == (1.5, 1)
+    assert (await metrics(service)).value("jobsvc_handler_processes") == service.statistics()["handler_processes"] >= 1
 
 
 async def test_a_process_handlers_errors_keep_their_type(start_service: Any) -> None:

@@ -849,3 +849,66 @@ async def test_shutdown_is_overdue_only_after_its_whole_budget(
             nursery.start_soon(second_signal)
         await shutdown.overdue(after_grace=10, after_force=3)
     assert trio.current_time() == expected
+
+
+# -- handlers that ignore their cancellation ----------------------------------------------
+
+
+async def scrape_metrics(service: JobService) -> Any:
+    import httpx
+    from obs.helpers import Metrics  # tests/ is on sys.path
+
+    from jobsvc.app import create_app
+
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+        return Metrics((await client.get("/metrics")).text)
+
+
+async def test_a_handler_deaf_to_its_timeout_is_written_off_and_its_worker_replaced(
+    service: JobService, autojump_clock: Any
+) -> None:
+    """Timeout 5 s: at 5 + STUCK_AFTER (1 s) both workers' attempts are written off as
+    timed out; replacement workers run the next job at once, while the deaf handlers run on
+    (counted) until they return at 100 s, their results discarded."""
+    from jobsvc.service.runner import STUCK_AFTER
+
+    deaf = [await submit(service, "deaf", 100.0) for _ in range(2)]  # both workers
+    echo = await submit(service, "echo", "after")
+    for job in deaf:
+        done = await service.wait(job.id, 60)
+        assert (done.state, done.errors[0].type, done.finished_at) == (JobState.DEAD, "Timeout", EPOCH + 5 + STUCK_AFTER)
+    assert service.statistics()["stuck_handlers"] == 2
+    assert (await scrape_metrics(service)).value("jobsvc_handlers_stuck") == 2
+    done = await service.wait(echo.id, 60)
+    assert (done.state, done.finished_at) == (JobState.SUCCEEDED, EPOCH + 6)
+    await trio.sleep(100 - trio.current_time() + 0.001)
+    assert service.statistics()["stuck_handlers"] == 0
+    assert (await scrape_metrics(service)).value("jobsvc_handlers_stuck") == 0
+    assert [(await service.get(job.id)).state for job in deaf] == [JobState.DEAD, JobState.DEAD]  # results discarded
+
+
+async def test_a_handler_deaf_to_a_clients_cancel_is_written_off_as_cancelled(service: JobService, autojump_clock: Any) -> None:
+    job = await submit(service, "deaf", 3.0, timeout=60)
+    await trio.sleep(1)
+    await service.cancel(job.id)
+    done = await service.wait(job.id, 60)
+    assert (done.state, done.finished_at) == (JobState.CANCELLED, EPOCH + 2)
+
+
+async def test_a_shutdown_settles_past_a_handler_deaf_to_it(start_service: Any, autojump_clock: Any) -> None:
+    """Shutdown at 1 s, grace 5 s: the deaf handler is cancelled at 6 s, written off at 7 s
+    and its job handed back; the shutdown has then settled (what lets `jobsvc serve` exit),
+    while ``stopped`` waits for the handler to return (at 50 s)."""
+    store = MemoryStore()
+    service = await start_service(store=store)
+    job = await submit(service, "deaf", 50.0, timeout=600)
+    await trio.sleep(1)
+    service.begin_shutdown()
+    await service.shutdown.settled.wait()
+    assert trio.current_time() == 7
+    released = await store.get(job.id)
+    assert released is not None and (released.state, released.attempts) == (JobState.PENDING, 0)
+    assert not service.stopped.is_set()
+    await service.stopped.wait()
+    assert trio.current_time() == 50
