@@ -81,7 +81,7 @@ class JobsvcASGI:
                 raise ConfigError("jobsvc.asgi:app runs on trio: start hypercorn with --worker-class trio")
             settings = Settings.from_sources({}, os.environ)
             configure_logging(settings.log_level, settings.log_format)  # as under `jobsvc serve`
-            auth = Authenticator.from_settings(settings)
+            auth = await trio.to_thread.run_sync(Authenticator.from_settings, settings)
             log_access_control(settings, auth)
             async with open_service(settings, observer=PrometheusObserver()) as service:
                 self.app = create_app(service, auth=auth)

@@ -10,8 +10,8 @@
             '- hypercorn.trio.serve(create_app(service, auth=...), shutdown_trigger=Shutdown.http_stop)
 
 Before anything is opened, a non-loopback ``--bind`` without API keys is refused (unless
-``--insecure-no-auth``, which is logged as a warning at every start), and the keys file is
-read: a bad one stops the start with one line.
+``--insecure-no-auth``, which is logged as a warning at every start, once serving), and the
+keys file is read: a bad one stops the start with one line.
 
 On the first signal /ready turns 503 and submissions get 503, the claim loop stops and the
 workers get ``grace`` seconds, after which whatever still runs is cancelled and released
@@ -122,7 +122,6 @@ async def run_service(
     """Serve until shut down (signal, or ``Running.shutdown()``), then drain and return."""
     settings.check_exposure()
     auth = await trio.to_thread.run_sync(Authenticator.from_settings, settings)
-    log_access_control(settings, auth)
     shutdown = Shutdown(grace=settings.grace, drain_delay=settings.drain_delay)
     async with trio.open_nursery() as nursery:
         if handle_signals:
@@ -153,6 +152,7 @@ async def run_service(
                         "jobsvc serving on %s (store: %s, %d workers, tasks: %s)",
                         ", ".join(binds), service.statistics()["store"], settings.workers, ", ".join(service.task_names()),
                     )
+                    log_access_control(settings, auth)
                     if on_listening is not None:
                         on_listening(binds)
                     task_status.started(Running(service, binds))

@@ -538,6 +538,8 @@ async def test_keys_never_reach_logs_or_error_messages(service: JobService, capl
     server_side = [rec for rec in caplog.records if not rec.name.startswith(("httpx", "httpcore"))]  # not the test's client
     logged = "\n".join(f"{rec.getMessage()} {rec.__dict__}" for rec in server_side)
     assert "http.request" in logged and "/jobs/jsk_***" in logged
+    submitted = [r for r in server_side if r.getMessage() == "http.request" and getattr(r, "status", None) == 202]
+    assert [getattr(r, "key_id", None) for r in submitted] == [key.id]  # who did it: the key's public id
     for secret in secrets:
         assert secret not in logged
         for answer in answers:
