@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -34,7 +33,7 @@ from .errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from .guard import Guard, Rule, is_json_media_type
+from .guard import Guard, Rule, check_rules, is_json_media_type
 from .metrics import CONTENT_TYPE, metrics_of, scrape
 from .middleware import ObservedStarlette
 from .models import Job, JobState
@@ -396,10 +395,10 @@ ACCESS: dict[str, Rule] = {
     "retry_job": Rule("admin"),
     "cancel_job": Rule("admin"),
     "metrics": Rule("metrics"),
-    "health": Rule(None, api=False, probe=True),
-    "ready": Rule(None, api=False, probe=True),
+    "health": Rule(None, probe=True),
+    "ready": Rule(None, probe=True),
     # a static page with no data (it asks for a key to read openapi.json); a link may lead to it
-    "docs_page": Rule(None, api=False),
+    "docs_page": Rule(None, same_origin=False, json_only=False),
 }
 
 
@@ -431,17 +430,19 @@ def create_app(service: JobService, *, auth: Authenticator | None = None) -> Sta
         ClientDisconnect: client_gone,
         Exception: server_error,
     }
-    guard = Middleware(
+    app = ObservedStarlette(routes=routes, exception_handlers=handlers)  # request ids, access log, HTTP metrics
+    # the guard before any route, reading the router's own list of routes: a route mounted
+    # here later (the dashboard: Mount("/ui", ..., name="ui")) needs its rule in ACCESS too
+    app.add_middleware(
         Guard,
         auth=auth,
-        routes=routes,
+        routes=app.router.routes,
         rules=ACCESS,
         hosts=settings.served_hosts,
         insecure=settings.insecure_no_auth,
         render=error_response,
     )
-    # request ids, access log, HTTP metrics outside; the guard before any route
-    app = ObservedStarlette(routes=routes, exception_handlers=handlers, middleware=[guard])
+    check_rules(app.routes, ACCESS)  # now, not at the first request
     app.state.service = service
     app.state.auth = auth
     return app

@@ -436,7 +436,8 @@ class RateLimiter:
     Per instance on purpose: a bucket shared through the database would cost a write per
     request on the hottest path; N instances behind a balancer let a key through at up to
     N times its rate (set the rate per instance). The pending-jobs cap is the limit that
-    holds across instances."""
+    holds across instances. Only keys that authenticated get a bucket: memory is bounded
+    by the keys configured."""
 
     def __init__(self) -> None:
         self._buckets: dict[str, _Bucket] = {}
@@ -456,10 +457,3 @@ class RateLimiter:
             bucket.tokens -= 1
             return 0.0
         return (1 - bucket.tokens) / limits.rate
-
-    def forget(self, keep: Iterable[str]) -> None:
-        """Drop the buckets of keys no longer configured."""
-        wanted = set(keep)
-        for key_id in list(self._buckets):
-            if key_id not in wanted:
-                del self._buckets[key_id]

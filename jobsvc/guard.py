@@ -13,10 +13,11 @@ finds the route a request is for, as Starlette's router will, and applies that r
 3. **loopback only**: with no keys configured (and no ``--insecure-no-auth``), a request that
    reached a non-loopback address of this server is 403 (``jobsvc serve`` refuses such a bind
    at start; this also covers the hypercorn CLI, where jobsvc does not choose the bind);
-4. for API routes, **browser protections**: a request from another site (an ``Origin`` that is
-   not this server's, or ``Sec-Fetch-Site: cross-site``/``same-site``) is 403; a body that is
-   not JSON (any content type but ``application/json`` and ``application/*+json``, or a body
-   without one) is 415, so no HTML form and no ``fetch`` without a CORS preflight can act;
+4. **browser protections** (every route but the probes and the ``/docs`` page): a request
+   from another site (an ``Origin`` that is not this server's, or ``Sec-Fetch-Site:
+   cross-site``/``same-site``) is 403; on API routes, a body that is not JSON (any content
+   type but ``application/json`` and ``application/*+json``, or a body without one) is 415,
+   so no HTML form and no ``fetch`` without a CORS preflight can act;
 5. **authentication**: with keys configured, a route that needs a scope needs
    ``Authorization: Bearer <key>``: none, or an unknown key, is 401 with
    ``WWW-Authenticate: Bearer``; the key's principal becomes ``request.state.principal``
@@ -53,7 +54,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 
-__all__ = ["UNMATCHED", "Guard", "Rule", "is_json_media_type"]
+__all__ = ["UNMATCHED", "Guard", "Rule", "check_rules", "is_json_media_type"]
 
 
 def _scope_name(_i: Any, _a: Any, value: str | None) -> None:
@@ -68,8 +69,11 @@ class Rule:
     #: the scope a key needs; None: no key (a public page, or a route that authenticates
     #: its callers itself, such as the dashboard's session pages)
     scope: str | None = attrs.field(validator=_scope_name)
-    #: an API route: JSON bodies only, and no requests from other sites
-    api: bool = True
+    #: refuse requests made by pages of other sites (Origin, Sec-Fetch-Site); False for a
+    #: page a link on another site may lead to
+    same_origin: bool = True
+    #: bodies must be JSON (False: a route that takes HTML forms, such as the dashboard's)
+    json_only: bool = True
     #: a health probe: none of the checks apply
     probe: bool = False
 
@@ -104,12 +108,21 @@ def _same_origin(origin: str, host: str) -> bool:
     return (parts.hostname.lower(), port or default) == (name, host_port or default)
 
 
+def check_rules(routes: Iterable[BaseRoute], rules: Mapping[str, Rule]) -> None:
+    """LookupError naming the routes that have no rule (by route name: the endpoint's name
+    for a Route, ``name=`` for a Mount). Fail closed: such a route is an error, not an open
+    door."""
+    missing = [f"{getattr(r, 'path', r)} ({getattr(r, 'name', None)})" for r in routes if getattr(r, "name", None) not in rules]
+    if missing:
+        raise LookupError(f"routes without an access rule in jobsvc.app.ACCESS: {', '.join(missing)}")
+
+
 class Guard:
     """ASGI middleware: see the module docstring.
 
-    ``routes`` are the app's routes, ``rules`` the rule of each by route name (the endpoint's
-    name for a Route), ``hosts`` the Host names served (None: any), ``render`` makes the
-    problem+json answer of a refusal."""
+    ``routes`` is the app's own list of routes (read live: a route mounted later is seen),
+    ``rules`` the rule of each by route name, ``hosts`` the Host names served (None: any),
+    ``render`` makes the problem+json answer of a refusal."""
 
     def __init__(
         self,
@@ -125,15 +138,13 @@ class Guard:
     ) -> None:
         self.app = app
         self.auth = auth
-        self.routes = list(routes)
+        self.routes = routes
         self.rules = rules
         self.hosts = hosts
         self.insecure = insecure
         self.render = render
         self.limiter = limiter or RateLimiter()
-        missing = [getattr(r, "name", repr(r)) for r in self.routes if getattr(r, "name", None) not in rules]
-        if missing:  # fail closed: a route nobody gave a rule is an error, not an open door
-            raise LookupError(f"routes without an access rule: {', '.join(map(str, missing))}")
+        check_rules(routes, rules)
 
     def _route(self, scope: Scope) -> tuple[BaseRoute | None, Rule]:
         partial: BaseRoute | None = None
@@ -179,8 +190,10 @@ class Guard:
                     "no API keys are configured, so jobsvc answers on loopback addresses only; "
                     "configure keys (--auth-file) to serve this address"
                 )
-        if rule.api:
-            self._browser_checks(scope, headers, host)
+        if rule.same_origin:
+            self._same_origin_only(headers, host)
+        if rule.json_only:
+            self._json_only(scope, headers)
         if rule.scope is None and matched:
             return None
         principal = self._authenticate(headers)
@@ -197,12 +210,15 @@ class Guard:
         return principal
 
     @staticmethod
-    def _browser_checks(scope: Scope, headers: Mapping[bytes, bytes], host: str) -> None:
+    def _same_origin_only(headers: Mapping[bytes, bytes], host: str) -> None:
         origin = headers.get(b"origin")
         if origin is not None and not _same_origin(origin.decode("latin-1"), host):
             raise CrossSiteRequest("the API does not answer requests made by pages of other sites (Origin)")
         if headers.get(b"sec-fetch-site", b"").lower() in _REFUSED_FETCH_SITES:
             raise CrossSiteRequest("the API does not answer requests made by pages of other sites (Sec-Fetch-Site)")
+
+    @staticmethod
+    def _json_only(scope: Scope, headers: Mapping[bytes, bytes]) -> None:
         if scope.get("method") in _SAFE_METHODS:
             return
         content_type = headers.get(b"content-type")

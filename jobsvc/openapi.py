@@ -135,10 +135,10 @@ def _guard_errors(rule: Rule, method: str) -> tuple[type[JobsvcError], ...]:
     if rule.probe:
         return ()
     errors: list[type[JobsvcError]] = [MisdirectedRequest, LoopbackOnly]
-    if rule.api:
+    if rule.same_origin:
         errors.append(CrossSiteRequest)
-        if method == "post":
-            errors.append(UnsupportedMediaType)
+    if rule.json_only and method == "post":
+        errors.append(UnsupportedMediaType)
     if rule.scope is not None:
         errors += [Unauthorized, Forbidden, RateLimited]
     return tuple(errors)

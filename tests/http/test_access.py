@@ -27,6 +27,7 @@ from jobsvc.app import create_app
 from jobsvc.auth import SCOPES, ApiKey, Authenticator, Limits, new_key
 from jobsvc.client import AsyncClient, RequestRejected
 from jobsvc.codec import JobRequest
+from jobsvc.guard import Rule, check_rules
 from jobsvc.models import JobState
 from jobsvc.service import JobService
 
@@ -175,6 +176,37 @@ async def test_every_route_has_a_rule_and_every_rule_a_route(service: JobService
     for method, path in operations(app):
         rule_for(method, path)
     assert set(app_module.ACCESS) == {r.endpoint.__name__ for r in app.routes if isinstance(r, Route)}
+
+
+def test_a_route_without_a_rule_cannot_be_served() -> None:
+    """Fail closed: create_app (and the guard) refuse routes that ACCESS does not name."""
+
+    async def shiny(request: Any) -> None: ...  # pragma: no cover
+
+    with pytest.raises(LookupError, match=r"routes without an access rule in jobsvc.app.ACCESS: /shiny \(shiny\)"):
+        check_rules([Route("/shiny", shiny)], app_module.ACCESS)
+
+
+async def test_a_route_mounted_later_is_guarded_by_its_rule(service: JobService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's way: Mount("/ui", ..., name="ui") after create_app, with a rule in
+    ACCESS that needs no key (it has its own sessions) and takes forms: the Host check and
+    the same-origin check still apply to it; the API's key checks do not."""
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount
+
+    async def page(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ui")
+
+    monkeypatch.setitem(app_module.ACCESS, "ui", Rule(None, json_only=False))
+    app = keyed_app(service, KEYS)
+    app.router.routes.append(Mount("/ui", routes=[Route("/login", page, methods=["GET", "POST"])], name="ui"))
+    async with client_for(app) as client:
+        assert (await client.get("/ui/login")).text == "ui"
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        assert (await client.post("/ui/login", content=b"key=x", headers={**form, "Origin": "http://localhost"})).status_code == 200
+        assert_problem(await client.post("/ui/login", content=b"key=x", headers={**form, "Origin": "http://evil.example"}), 403, "cross-site-request")
+        assert_problem(await client.get("/ui/login", headers={"Host": "evil.example"}), 421, "misdirected-request")
+        assert_problem(await client.get("/jobs"), 401, "unauthorized")
 
 
 async def _job_in(service: JobService, state: str | None) -> str | None:
