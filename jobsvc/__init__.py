@@ -19,13 +19,18 @@ Layout (arrows point at what a module may import; the pure modules import no tri
              maintenance (heartbeat, rescue, prune), the attempts table, the shutdown
              state, and JobService, the facade the HTTP layer calls
       ^
-    app      the Starlette routes (create_app(service)); middleware: request ids, access
-             log, HTTP metrics; metrics: the PrometheusObserver and /metrics; logs:
-             structlog rendering of the logging records (JSON or console)
+    auth     API keys (SHA-256 only, the keys file, reload), Principal and OPEN, limits
+             per key, the token bucket (on trio's clock)
       ^
-    server   run_service: hypercorn + open_service + signals;  asgi: the hypercorn CLI entry
+    app      the Starlette routes (create_app(service)) and ACCESS, a rule per route;
+             guard: Host, browser protections, keys, scopes and rates before any route;
+             middleware: request ids, access log, HTTP metrics; metrics: the
+             PrometheusObserver and /metrics; logs: structlog rendering (JSON or console)
       ^
-    cli      ``jobsvc serve`` / ``jobsvc migrate``;  __main__: ``python -m jobsvc``
+    server   run_service: hypercorn + open_service + signals (SIGHUP: keys reloaded);
+             asgi: the hypercorn CLI entry
+      ^
+    cli      ``jobsvc serve`` / ``migrate`` / ``keys``;  __main__: ``python -m jobsvc``
 
 The public names are re-exported here.
 """

@@ -1,6 +1,10 @@
 """The HTTP API (Starlette). Talks only to :class:`jobsvc.service.JobService`.
 
 Every error is RFC 9457 ``application/problem+json``; no response ever carries a traceback.
+Who may call what is :data:`ACCESS`, one :class:`~jobsvc.guard.Rule` per route, applied by
+the :class:`~jobsvc.guard.Guard` before any route runs; a route without a rule cannot be
+served (``create_app`` raises). The routes act for ``request.state.principal`` and pass its
+tenant to the service.
 """
 
 from __future__ import annotations
@@ -20,22 +24,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import codec, openapi
+from .auth import Authenticator, Principal, redact_keys
 from .errors import (
     BadRequest,
     InvalidJob,
     JobNotFound,
     JobsvcError,
     PayloadTooLarge,
-    ServiceUnavailable,
-    TooManyPending,
     UnsupportedMediaType,
 )
+from .guard import Guard, Rule, check_rules, is_json_media_type
 from .metrics import CONTENT_TYPE, metrics_of, scrape
 from .middleware import ObservedStarlette
 from .models import Job, JobState
 from .service import JobService
 
-__all__ = ["create_app"]
+__all__ = ["ACCESS", "create_app"]
 
 log = logging.getLogger("jobsvc.http")
 T = TypeVar("T")
@@ -57,10 +61,10 @@ def problem(status: int, *, slug: str, detail: str, instance: str | None = None,
         "type": f"urn:jobsvc:problem:{slug}",
         "title": http.HTTPStatus(status).phrase,
         "status": status,
-        "detail": detail,
+        "detail": redact_keys(detail),  # a key pasted into a path is not echoed back
     }
     if instance is not None:
-        body["instance"] = instance
+        body["instance"] = redact_keys(instance)
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers={**_HEADERS, **(headers or {})})
 
@@ -69,17 +73,19 @@ def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> J
     return JSONResponse(body, status_code=status, headers={**_HEADERS, **(headers or {})})
 
 
-async def jobsvc_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, JobsvcError)
+def error_response(exc: JobsvcError, instance: str) -> JSONResponse:
+    """The problem+json answer for a jobsvc error, with its headers (Retry-After...)."""
     extra: dict[str, Any] = {}
-    headers = {}
     if isinstance(exc, InvalidJob):
         extra["errors"] = exc.errors
         if hasattr(exc, "known"):
             extra["known_tasks"] = exc.known
-    if isinstance(exc, TooManyPending | ServiceUnavailable):
-        headers["Retry-After"] = str(exc.retry_after)
-    return problem(exc.http_status, slug=exc.slug, detail=exc.detail, instance=request.url.path, headers=headers, **extra)
+    return problem(exc.http_status, slug=exc.slug, detail=exc.detail, instance=instance, headers=exc.headers, **extra)
+
+
+async def jobsvc_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, JobsvcError)
+    return error_response(exc, request.url.path)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -107,6 +113,12 @@ def _service(request: Request) -> JobService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
+def _principal(request: Request) -> Principal:
+    """Who the request acts for (set by the Guard on every route that needs a scope)."""
+    principal: Principal = request.state.principal
+    return principal
+
+
 def _job_id(request: Request) -> str:
     """The job id of the path; one that no job can have (a NUL byte, a slash, 300
     characters...) is a 404 at once, without a store lookup."""
@@ -119,8 +131,10 @@ def _job_id(request: Request) -> str:
 async def read_json(request: Request) -> Any:
     """The body as JSON, within the size limit and the body deadline."""
     max_body = _service(request).max_body
-    content_type = request.headers.get("content-type", "")
-    if content_type and "json" not in content_type.split(";")[0].lower():
+    content_type = request.headers.get("content-type")
+    if content_type is None:  # a cross-site fetch without a preflight could send no type at all
+        raise UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
+    if not is_json_media_type(content_type):
         raise UnsupportedMediaType(f"expected 'Content-Type: application/json', got {content_type!r}")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
@@ -152,10 +166,17 @@ def job_body(job: Job) -> dict[str, Any]:
     return codec.job_to_json(job)
 
 
+def _submitter(request: Request) -> dict[str, Any]:
+    """The submission's tenant and cap on waiting jobs, from its API key."""
+    principal = _principal(request)
+    auth: Authenticator = request.app.state.auth
+    return {"tenant": principal.tenant, "max_pending": auth.limits(principal).max_pending or None}
+
+
 async def submit(request: Request) -> Response:
     body = await read_json(request)
     req = codec.structure_request(body)
-    [done] = await _service(request).submit([req], idempotency_key=idempotency_key(request))
+    [done] = await _service(request).submit([req], idempotency_key=idempotency_key(request), **_submitter(request))
     headers = {"Location": f"/jobs/{done.job.id}"}
     return ok(job_body(done.job), status=202 if done.created else 200, headers=headers)
 
@@ -177,7 +198,7 @@ async def submit_batch(request: Request) -> Response:
             errors.extend(exc.errors)
     if errors:
         raise InvalidJob("the batch is invalid: " + "; ".join(errors[:10]), errors=errors)
-    done = await _service(request).submit(requests, idempotency_key=idempotency_key(request), paths=paths)
+    done = await _service(request).submit(requests, idempotency_key=idempotency_key(request), paths=paths, **_submitter(request))
     return ok({"jobs": [{**job_body(d.job), "created": d.created} for d in done]}, status=202)
 
 
@@ -217,8 +238,9 @@ async def get_job(request: Request) -> Response:
     job_id = _job_id(request)
     wait = request.query_params.get("wait")
     service = _service(request)
+    tenant = _principal(request).tenant
     if wait is None:
-        job = await service.get(job_id)
+        job = await service.get(job_id, tenant=tenant)
     else:
         try:
             seconds = float(wait)
@@ -226,7 +248,7 @@ async def get_job(request: Request) -> Response:
             seconds = -1.0
         if not 0 <= seconds <= MAX_WAIT:
             raise BadRequest(f"wait must be a number of seconds between 0 and {MAX_WAIT:g}")
-        waited = await unless_client_leaves(request, lambda: service.wait(job_id, seconds))
+        waited = await unless_client_leaves(request, lambda: service.wait(job_id, seconds, tenant=tenant))
         if waited is None:  # nobody is listening any more: free the connection now
             return Response(status_code=499)
         job = waited
@@ -234,7 +256,7 @@ async def get_job(request: Request) -> Response:
 
 
 async def seed_status(request: Request) -> Response:
-    job = await _service(request).get(_job_id(request))
+    job = await _service(request).get(_job_id(request), tenant=_principal(request).tenant)
     return ok({**job_body(job), "status": job.state.value})
 
 
@@ -274,12 +296,13 @@ async def list_jobs(request: Request) -> Response:
     limit = _int_param(request, "limit", 100, 1, MAX_LIMIT) or 100
     after = _int_param(request, "after", None, 0, 2**62)
     service = _service(request)
+    tenant = _principal(request).tenant
     encoded: list[bytes] = []
     size = 0
     more = False
     while len(encoded) < limit:
         want = min(LIST_CHUNK, limit - len(encoded))
-        jobs = await service.list_jobs(states=states, task=task, after=after, limit=want)
+        jobs = await service.list_jobs(states=states, task=task, after=after, limit=want, tenant=tenant)
         for job in jobs:
             item = _encode(job_body(job))
             if encoded and size + len(item) > MAX_PAGE_BYTES:
@@ -302,12 +325,12 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def retry_job(request: Request) -> Response:
-    job = await _service(request).retry(_job_id(request))
+    job = await _service(request).retry(_job_id(request), tenant=_principal(request).tenant)
     return ok(job_body(job))
 
 
 async def cancel_job(request: Request) -> Response:
-    job = await _service(request).cancel(_job_id(request))
+    job = await _service(request).cancel(_job_id(request), tenant=_principal(request).tenant)
     return ok(job_body(job), status=202 if job.state is JobState.RUNNING else 200)
 
 
@@ -337,15 +360,15 @@ async def metrics(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    """Counts by state and by task, the age of the oldest due job, and this instance's
-    workers: what ``jobsvc stats`` shows."""
-    return ok(await _service(request).stats())
+    """Counts by state and by task (of the key's tenant), the age of the oldest due job, and
+    this instance's workers: what ``jobsvc stats`` shows."""
+    return ok(await _service(request).stats(tenant=_principal(request).tenant))
 
 
 async def seed_submit(request: Request) -> Response:
     body = await read_json(request)
     req = codec.structure_request(body, seed=True)
-    [done] = await _service(request).submit([req], idempotency_key=idempotency_key(request))
+    [done] = await _service(request).submit([req], idempotency_key=idempotency_key(request), **_submitter(request))
     job = done.job
     message = "Job accepted. Processing shortly..." if done.created else "Job already accepted."
     return ok(
@@ -355,8 +378,35 @@ async def seed_submit(request: Request) -> Response:
     )
 
 
-def create_app(service: JobService) -> Starlette:
-    """The ASGI app serving ``service``."""
+#: Who may call each route (by endpoint name). A route missing here cannot be served.
+#: openapi.py documents these rules (security, 401/403/421); tests/http/test_access.py checks
+#: every route against its own table.
+ACCESS: dict[str, Rule] = {
+    "submit": Rule("submit"),
+    "submit_batch": Rule("submit"),
+    "seed_submit": Rule("submit"),
+    "list_jobs": Rule("read"),
+    "get_job": Rule("read"),
+    "seed_status": Rule("read"),
+    "list_tasks": Rule("read"),
+    "stats": Rule("read"),
+    # the inventory of what this service runs (tasks, payload schemas): not for strangers
+    "openapi_json": Rule("read"),
+    "retry_job": Rule("admin"),
+    "cancel_job": Rule("admin"),
+    "metrics": Rule("metrics"),
+    "health": Rule(None, probe=True),
+    "ready": Rule(None, probe=True),
+    # a static page with no data (it asks for a key to read openapi.json); a link may lead to it
+    "docs_page": Rule(None, same_origin=False, json_only=False),
+}
+
+
+def create_app(service: JobService, *, auth: Authenticator | None = None) -> Starlette:
+    """The ASGI app serving ``service``; ``auth``: the keys it accepts (default: from the
+    service's settings, ``--auth-file``; none configured: open on loopback addresses)."""
+    settings = service.settings
+    auth = auth if auth is not None else Authenticator.from_settings(settings)
     routes = [
         Route("/jobs", submit, methods=["POST"]),
         Route("/jobs", list_jobs, methods=["GET"]),
@@ -381,5 +431,18 @@ def create_app(service: JobService) -> Starlette:
         Exception: server_error,
     }
     app = ObservedStarlette(routes=routes, exception_handlers=handlers)  # request ids, access log, HTTP metrics
+    # the guard before any route, reading the router's own list of routes: a route mounted
+    # here later (the dashboard: Mount("/ui", ..., name="ui")) needs its rule in ACCESS too
+    app.add_middleware(
+        Guard,
+        auth=auth,
+        routes=app.router.routes,
+        rules=ACCESS,
+        hosts=settings.served_hosts,
+        insecure=settings.insecure_no_auth,
+        render=error_response,
+    )
+    check_rules(app.routes, ACCESS)  # now, not at the first request
     app.state.service = service
+    app.state.auth = auth
     return app

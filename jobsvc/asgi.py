@@ -18,6 +18,10 @@ Caveats, prefer ``jobsvc serve``:
 * A SIGTERM sent straight to a hypercorn *worker* process (not the parent) kills it without
   a drain; its running jobs are rescued at the next start (SQLite) or when their lease
   expires (PostgreSQL).
+* Access control: hypercorn binds, so jobsvc cannot refuse a non-loopback bind at start;
+  without keys (``JOBSVC_AUTH_FILE``) it answers requests that reach a loopback address
+  only (403 otherwise). Set ``JOBSVC_ALLOWED_HOSTS`` to the names clients use. The keys file
+  is read at start-up: restart the workers (hypercorn reloads them on SIGHUP) to re-read it.
 * If start-up fails (a configuration error, a SQLite file another worker holds, the asyncio
   worker class), the module-level ``app`` prints one line, ``jobsvc: error: ...``, and ends
   its worker process with exit code 2 (1: the store cannot be reached) instead of handing
@@ -36,10 +40,12 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from .app import create_app
+from .auth import Authenticator
 from .config import Settings
 from .errors import ConfigError, JobsvcError, StoreUnavailable
 from .logs import configure_logging
 from .metrics import PrometheusObserver
+from .server import log_access_control
 from .service import open_service
 
 __all__ = ["JobsvcASGI", "app"]
@@ -75,8 +81,10 @@ class JobsvcASGI:
                 raise ConfigError("jobsvc.asgi:app runs on trio: start hypercorn with --worker-class trio")
             settings = Settings.from_sources({}, os.environ)
             configure_logging(settings.log_level, settings.log_format)  # as under `jobsvc serve`
+            auth = await trio.to_thread.run_sync(Authenticator.from_settings, settings)
+            log_access_control(settings, auth)
             async with open_service(settings, observer=PrometheusObserver()) as service:
-                self.app = create_app(service)
+                self.app = create_app(service, auth=auth)
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
@@ -105,7 +113,10 @@ def _exit_with(exc: JobsvcError) -> None:  # pragma: no cover - runs in a hyperc
     """One line on stderr, then end this process at once: nothing is open any more (the
     service and its store were closed when start-up failed), and a raised exception would
     reach multiprocessing, which prints it with its traceback."""
-    print(f"jobsvc: error: {exc}", file=sys.stderr, flush=True)
+    # One write of the whole line: hypercorn's workers share stderr, and print() writes the
+    # text and its newline apart, so two failing workers' lines could interleave.
+    sys.stderr.flush()
+    os.write(2, f"jobsvc: error: {exc}\n".encode(errors="replace"))
     os._exit(1 if isinstance(exc, StoreUnavailable) else 2)
 
 

@@ -16,7 +16,7 @@ from functools import partial
 import attrs
 import trio
 
-from . import __version__, clientcli
+from . import __version__, clientcli, keyscli
 from .config import LOG_FORMATS, OTHER_ENV, Settings
 from .errors import ConfigError, StoreUnavailable, unwrap
 from .logs import configure_logging
@@ -75,6 +75,33 @@ def _parser() -> argparse.ArgumentParser:
         f"always on disk before the answer; 0 syncs every commit (default {d.fsync_interval:g})",
     )
     serve.add_argument("--migrate", action="store_const", const=True, help="apply pending PostgreSQL schema migrations at start-up")
+    access = serve.add_argument_group("access control (docs/security.md)")
+    access.add_argument(
+        "--auth-file",
+        metavar="FILE",
+        help="the API keys file (JSON or TOML; `jobsvc keys create` makes it); read again on SIGHUP. "
+        "Without it there are no keys and jobsvc serves loopback addresses only",
+    )
+    access.add_argument(
+        "--insecure-no-auth",
+        action="store_const",
+        const=True,
+        help="serve a non-loopback address without API keys: anyone who reaches it can submit, cancel and read jobs",
+    )
+    access.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated Host header names served (DNS rebinding protection), * for any "
+        "(default: the --bind address, localhost, 127.0.0.1, ::1)",
+    )
+    access.add_argument("--key-rate", type=float, help=f"requests per second per API key, per instance; 0: no limit (default {d.key_rate:g})")
+    access.add_argument("--key-burst", type=int, help=f"requests an API key may send in a burst (default {d.key_burst})")
+    access.add_argument(
+        "--key-max-pending",
+        type=int,
+        help="waiting jobs of an API key's tenant above which its submissions get 429; 0: only --max-pending "
+        f"(default {d.key_max_pending})",
+    )
     serve.add_argument("--log-level", help=f"debug, info, warning or error (default {d.log_level})")
     serve.add_argument(
         "--log-format",
@@ -85,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--db", help="database URL (default: JOBSVC_DB, else the SQLite default)")
+    keyscli.add_commands(sub)
     clientcli.add_commands(sub)
     return parser
 
@@ -98,7 +126,10 @@ sleep, fail).
 
 examples:
   jobsvc serve --tasks myapp.tasks
-  jobsvc serve --bind 0.0.0.0:3000 --db postgresql://jobsvc@db/jobsvc --migrate --drain-delay 5"""
+  jobsvc serve --bind 0.0.0.0:3000 --auth-file /etc/jobsvc/keys.toml --allowed-hosts jobs.example.com \
+      --db postgresql://jobsvc@db/jobsvc --migrate --drain-delay 5
+
+Without --auth-file there are no API keys: jobsvc then serves loopback addresses only."""
 
 
 def _serve_epilog() -> str:
@@ -137,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in clientcli.COMMANDS:
         return clientcli.run(args)
+    if args.command == "keys":
+        return keyscli.run(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         return _run(args, flags)
@@ -161,6 +194,7 @@ def _run(args: argparse.Namespace, flags: dict[str, object]) -> int:
             applied = trio.run(migrate, settings.database)
             print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "the schema is up to date")
             return 0
+        settings.check_exposure()  # before anything is opened: one line, exit 2
         from .server import run_service
         from .tasks import Registry
 

@@ -2,7 +2,7 @@
 
 ::
 
-    with Client("http://127.0.0.1:3000") as jobs:
+    with Client("http://127.0.0.1:3000", api_key=os.environ.get("JOBSVC_API_KEY")) as jobs:
         job = jobs.submit("email", {"to": "ada@example.com"})
         job = jobs.wait(job.id, timeout=60)          # long-polls GET /jobs/{id}?wait=S
 
@@ -349,6 +349,7 @@ class Job:
     errors: tuple[JobError, ...] = ()
     idempotency_key: str | None = None
     cancel_requested: bool = False
+    tenant: str | None = None  #: the tenant of the API key that submitted it
     raw: Mapping[str, Any] = _raw()
 
     @property
@@ -622,6 +623,14 @@ class _WaitLoop:
         return max(0.0, min(MIN_POLL_GAP - (now - started), self.deadline - now))
 
 
+def _with_key(headers: Mapping[str, str] | None, api_key: str | None) -> dict[str, str]:
+    """The headers every request sends: ``headers``, and the API key as a bearer token."""
+    sent = dict(headers or {})
+    if api_key:
+        sent["Authorization"] = f"Bearer {api_key}"
+    return sent
+
+
 def _job_path(job_id: str | int) -> str:
     return "/jobs/" + quote(str(job_id), safe="")
 
@@ -762,8 +771,10 @@ class Client:
     """The sync client (``httpx.Client``). Use it as a context manager, or call ``close()``.
 
     ``url`` is the service's base URL; ``timeout`` bounds each request (a long poll gets its
-    wait on top); ``retry`` says when calls are retried; ``transport`` replaces httpx's
-    (tests: ``httpx.MockTransport``); ``sleep`` and ``clock`` are the time seam.
+    wait on top); ``retry`` says when calls are retried; ``api_key`` is sent as
+    ``Authorization: Bearer`` with every request (``jobsvc keys create`` makes one);
+    ``transport`` replaces httpx's (tests: ``httpx.MockTransport``); ``sleep`` and ``clock``
+    are the time seam.
     """
 
     def __init__(
@@ -774,11 +785,12 @@ class Client:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._core = _Core(url, timeout, retry or RetryPolicy())
-        self._http = httpx.Client(base_url=self._core.url, transport=transport, headers=headers, timeout=timeout)
+        self._http = httpx.Client(base_url=self._core.url, transport=transport, headers=_with_key(headers, api_key), timeout=timeout)
         self._sleep = sleep
         self._clock = clock
 
@@ -901,11 +913,12 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
         sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self._core = _Core(url, timeout, retry or RetryPolicy())
-        self._http = httpx.AsyncClient(base_url=self._core.url, transport=transport, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self._core.url, transport=transport, headers=_with_key(headers, api_key), timeout=timeout)
         self._sleep = sleep
         self._clock = clock
 

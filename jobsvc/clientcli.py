@@ -43,9 +43,12 @@ from .client import (
     WaitTimeout,
 )
 
-__all__ = ["COMMANDS", "EXIT_CODES", "URL_ENV", "Exit", "add_commands", "run"]
+__all__ = ["API_KEY_ENV", "COMMANDS", "EXIT_CODES", "URL_ENV", "Exit", "add_commands", "run"]
 
 URL_ENV = "JOBSVC_URL"
+#: The API key the commands send. An environment variable, not a flag: a flag's value shows
+#: in ``ps`` and in the shell's history.
+API_KEY_ENV = "JOBSVC_API_KEY"
 #: While a spinner shows, ``--wait`` long-polls this many seconds at a time so it can update.
 SPINNER_POLL = 5.0
 #: Retries of the commands: enough to ride out a restart, short enough for a person waiting.
@@ -347,6 +350,7 @@ def _epilog(codes: Iterable[Exit]) -> str:
         "",
         "environment:",
         f"  {URL_ENV}  the service's URL when --url is not given (else {DEFAULT_URL})",
+        f"  {API_KEY_ENV}  the API key to send (Authorization: Bearer), when the service has keys",
     ]
     return "\n".join(lines)
 
@@ -504,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
     out = Output(as_json=args.json)
     url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
     try:
-        client = Client(url, retry=CLI_RETRY)
+        client = Client(url, retry=CLI_RETRY, api_key=os.environ.get(API_KEY_ENV) or None)
     except ValueError as exc:
         print(f"jobsvc: error: {exc}", file=sys.stderr)
         return Exit.USAGE

@@ -7,6 +7,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "DatabaseURL", "Settings", "parse_bind"]
+__all__ = ["ENV_PREFIX", "DatabaseURL", "Settings", "is_loopback", "parse_bind", "split_host"]
 
 ENV_PREFIX = "JOBSVC_"
 SECONDS = 1.0
@@ -27,6 +28,7 @@ KIB = 1024
 OTHER_ENV = {
     "JOBSVC_DEMO_FAILURE_RATE": "failure rate of the demo 'email' task (jobsvc.demo), 0..1",
     "JOBSVC_URL": "the service's URL for the client commands (jobsvc submit, get, list, ...)",
+    "JOBSVC_API_KEY": "the API key the client commands send (Authorization: Bearer)",
 }
 
 
@@ -97,6 +99,41 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, without brackets) is a loopback address;
+    ``localhost`` is, any other name is not (it is not resolved: refusing is the safe side)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """A Host header's value -> (host name in lower case, without IPv6 brackets; port or None).
+    Anything unparseable gives ("", None), which no allowed host matches."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return "", None
+        return host, int(rest[1:]) if rest else None
+    host, colon, port = value.rpartition(":")
+    if not colon:
+        return value, None
+    if not port.isdigit() or ":" in host:
+        return "", None
+    return host, int(port)
+
+
+#: Host names every instance serves, besides its bind address.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 def _positive_int(name: str) -> Callable[[Any, Any, int], None]:
     def check(_i: Any, _a: Any, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -114,8 +151,39 @@ def _positive_float(name: str, *, allow_zero: bool = False) -> Callable[[Any, An
     return check
 
 
+def _non_negative_int(name: str) -> Callable[[Any, Any, int], None]:
+    def check(_i: Any, _a: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be a whole number of at least 0, not {value!r}")
+
+    return check
+
+
 def _check_bind(_i: Any, _a: Any, value: str) -> None:
     parse_bind(value)
+
+
+def _optional_text(value: str | None) -> str | None:
+    return value or None
+
+
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|[0-9a-f:.]+|\*")
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    """``allowed_hosts`` from a comma-separated string or a sequence: names in lower case,
+    without ports or IPv6 brackets ("*" stays; an unparseable entry stays as it is, to be
+    named by the validator)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    entries = [str(v).strip() for v in value if str(v).strip()]
+    return tuple(e if e == "*" else (split_host(e)[0] or e) for e in entries)
+
+
+def _check_hosts(_i: Any, _a: Any, value: tuple[str, ...]) -> None:
+    for name in value:
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(f"allowed-hosts: {name!r} is not a host name (give names such as jobs.example.com, or *)")
 
 
 def _check_db(_i: Any, _a: Any, value: str) -> None:
@@ -164,6 +232,18 @@ class Settings:
     migrate: bool = False
     log_level: str = attrs.field(default="info", validator=_check_log_level)
     log_format: str = attrs.field(default="auto", validator=_check_log_format)
+    #: the API keys file (JSON or TOML, made by `jobsvc keys create`); None: no keys
+    auth_file: str | None = attrs.field(default=None, converter=_optional_text)
+    #: serve a non-loopback address without keys (a warning at every start)
+    insecure_no_auth: bool = False
+    #: Host header names served (DNS rebinding); empty: the bind address, localhost,
+    #: 127.0.0.1 and ::1; "*": any
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_host_names, validator=_check_hosts)
+    #: default requests per second per API key (0: no limit), and its burst
+    key_rate: float = attrs.field(default=100.0, validator=_positive_float("key-rate", allow_zero=True))
+    key_burst: int = attrs.field(default=200, validator=_positive_int("key-burst"))
+    #: default cap on the waiting jobs of a key's tenant (0: only --max-pending)
+    key_max_pending: int = attrs.field(default=0, validator=_non_negative_int("key-max-pending"))
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat * 2 > self.lease:
@@ -177,6 +257,30 @@ class Settings:
     @property
     def database(self) -> DatabaseURL:
         return DatabaseURL.parse(self.db)
+
+    @property
+    def served_hosts(self) -> frozenset[str] | None:
+        """The Host header names served (None: any): ``allowed_hosts``, else the bind
+        address (unless it is a wildcard), localhost, 127.0.0.1 and ::1."""
+        if "*" in self.allowed_hosts:
+            return None
+        if self.allowed_hosts:
+            return frozenset(self.allowed_hosts)
+        host = self.host_port[0].lower()
+        bound = () if host in ("", "0.0.0.0", "::") else (host,)
+        return frozenset((*bound, *LOCAL_HOSTS))
+
+    def check_exposure(self) -> None:
+        """ConfigError (one line) for a non-loopback bind without API keys, unless
+        ``insecure_no_auth`` accepts the risk."""
+        host = self.host_port[0]
+        if self.auth_file is None and not self.insecure_no_auth and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to serve {self.bind} without API keys: anyone who can reach it could submit, "
+                "cancel and read jobs; create a key (`jobsvc keys create --scope submit,read --auth-file FILE`) "
+                "and pass --auth-file FILE, bind a loopback address such as 127.0.0.1, "
+                "or accept the risk with --insecure-no-auth"
+            )
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -9,7 +9,9 @@ error middleware. For each HTTP request it:
   while the request runs carries ``request_id``, job events included) and echoes it in the
   response;
 * logs one access line, event ``http.request``: method, route, path, status,
-  duration_ms, request_id (never the query string, headers or bodies);
+  duration_ms, request_id, and ``key_id``, the public id of the API key the request was
+  authenticated with (when keys are configured) (never the key, the query string, headers or bodies; anything in the
+  path that looks like an API key is masked);
 * reports ``http_request(method, route, status, seconds)`` to the service's observer.
 
 ``route`` is the route template that matched (``/jobs/{job_id}``), never the raw path, so
@@ -29,6 +31,7 @@ import trio
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .auth import OPEN, redact_keys
 from .service.observer import Observer
 
 __all__ = ["ACCESS_LOGGER", "MAX_PATH", "ObservedStarlette", "RequestObserver", "request_id_from"]
@@ -91,17 +94,18 @@ class RequestObserver:
         if observer is not None:
             observer.http_request(method, route, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
-            path = str(scope.get("path", ""))
-            access_log.info(
-                "http.request",
-                extra={
-                    "method": method,
-                    "route": route,
-                    "path": path if len(path) <= MAX_PATH else path[:MAX_PATH] + "...",
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                },
-            )
+            path = redact_keys(str(scope.get("path", "")))
+            extra = {
+                "method": method,
+                "route": route,
+                "path": path if len(path) <= MAX_PATH else path[:MAX_PATH] + "...",
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+            }
+            principal = scope.get("state", {}).get("principal")
+            if principal is not None and principal is not OPEN:
+                extra["key_id"] = principal.key_id  # who did it; never the key
+            access_log.info("http.request", extra=extra)
 
 
 class ObservedStarlette(Starlette):

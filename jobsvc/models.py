@@ -163,8 +163,11 @@ class Job:
     finished_at: float | None = None
     result: Any = None
     errors: tuple[ErrorRecord, ...] = ()
-    idempotency_key: str | None = None
+    idempotency_key: str | None = None  #: unique per tenant (see ``tenant``)
     cancel_requested: bool = False
+    #: the tenant of the API key that submitted the job (None: submitted without one); a key
+    #: bound to a tenant sees and acts on that tenant's jobs only
+    tenant: str | None = None
     fingerprint: str = ""  #: hash of the submission, to tell a replay from a conflict
     lease_owner: str | None = None
     lease_token: int = 0  #: fencing token, incremented by every claim

@@ -12,7 +12,10 @@ The document is generated, not kept by hand:
   registry (:meth:`JobService.describe_tasks`): ``POST /jobs`` takes a ``oneOf`` of one schema
   per task, each with that task's payload schema;
 * **the job schema** comes from :class:`jobsvc.models.Job` and the public fields of
-  :mod:`jobsvc.codec`.
+  :mod:`jobsvc.codec`;
+* **who may call each operation** comes from :data:`jobsvc.app.ACCESS` (the rules the guard
+  applies): its ``security`` (a bearer API key, or none), its scope, and the answers of the
+  guard it may give (401, 403, 415, 421, 429).
 
 ``/docs`` is one self-contained HTML page (``static/docs.html``: no build step, no CDN, no
 third-party code) whose inline script fetches ``openapi.json`` and lists the operations. It
@@ -42,17 +45,24 @@ from . import __version__, codec
 from .errors import (
     BadRequest,
     Conflict,
+    CrossSiteRequest,
+    Forbidden,
     IllegalTransition,
     InvalidJob,
     JobNotFound,
     JobsvcError,
+    LoopbackOnly,
+    MisdirectedRequest,
     PayloadTooLarge,
+    RateLimited,
     ServiceUnavailable,
     StoreUnavailable,
     TooManyPending,
+    Unauthorized,
     UnknownTask,
     UnsupportedMediaType,
 )
+from .guard import Rule
 from .models import ErrorRecord, Job, JobState
 from .tasks import payload_schema
 
@@ -108,6 +118,30 @@ def _limits() -> dict[str, float]:
     from . import app  # the HTTP limits live with the routes (app imports this module)
 
     return {"MAX_WAIT": app.MAX_WAIT, "MAX_LIMIT": app.MAX_LIMIT, "MAX_BATCH": app.MAX_BATCH}
+
+
+def _access() -> Mapping[str, Rule]:
+    from . import app  # the access rules live with the routes
+
+    return app.ACCESS
+
+
+#: The security scheme every operation that needs a scope names.
+SECURITY_SCHEME = "apiKey"
+
+
+def _guard_errors(rule: Rule, method: str) -> tuple[type[JobsvcError], ...]:
+    """What the guard may answer before the operation runs (see jobsvc.guard)."""
+    if rule.probe:
+        return ()
+    errors: list[type[JobsvcError]] = [MisdirectedRequest, LoopbackOnly]
+    if rule.same_origin:
+        errors.append(CrossSiteRequest)
+    if rule.json_only and method == "post":
+        errors.append(UnsupportedMediaType)
+    if rule.scope is not None:
+        errors += [Unauthorized, Forbidden, RateLimited]
+    return tuple(errors)
 
 
 @functools.cache
@@ -419,10 +453,10 @@ def _schemas(tasks: list[dict[str, Any]]) -> dict[str, Any]:
 # -- operations ------------------------------------------------------------------------------
 
 
-def _error_responses(operation: Operation) -> dict[str, Any]:
+def _error_responses(operation: Operation, guard: tuple[type[JobsvcError], ...] = ()) -> dict[str, Any]:
     """problem+json responses by status: each lists the problem types it may carry."""
     by_status: dict[int, dict[str, str]] = {}
-    for exc in operation.raises:
+    for exc in (*operation.raises, *guard):
         by_status.setdefault(exc.http_status, {})[exc.slug] = (exc.__doc__ or "").strip().splitlines()[0]
     for status, (slug, meaning) in operation.http_problems.items():
         by_status.setdefault(status, {})[slug] = meaning
@@ -436,11 +470,13 @@ def _error_responses(operation: Operation) -> dict[str, Any]:
         }
         if status in (429, 503):
             response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"description": 'Bearer realm="jobsvc"', "schema": {"type": "string"}}}
         responses[str(status)] = response
     return responses
 
 
-def _operation(route: Route, method: str, name: str, operation: Operation) -> dict[str, Any]:
+def _operation(route: Route, method: str, name: str, operation: Operation, rule: Rule) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [
         {"name": param, "in": "path", "required": True, "schema": {"type": "integer" if type(conv).__name__ == "IntegerConvertor" else "string"}}
         for param, conv in route.param_convertors.items()
@@ -464,14 +500,18 @@ def _operation(route: Route, method: str, name: str, operation: Operation) -> di
         if operation.location and 200 <= status < 300:
             response["headers"] = {"Location": {"description": "the job's URL: /jobs/{id}", "schema": {"type": "string"}}}
         responses[str(status)] = response
-    for code, problem in _error_responses(operation).items():
+    for code, problem in _error_responses(operation, _guard_errors(rule, method)).items():
         responses[code] = {k: v for k, v in problem.items() if k != "content"} if method == "head" else problem
     described: dict[str, Any] = {
         "operationId": name if method != "head" else f"{name}_head",
         "summary": operation.summary if method != "head" else f"{operation.summary} (headers only)",
         "tags": [operation.tag],
+        "security": [{SECURITY_SCHEME: []}] if rule.scope is not None else [],
         "responses": responses,
     }
+    if rule.scope is not None:
+        described["description"] = f"Needs an API key with the `{rule.scope}` scope (when keys are configured)."
+        described["x-jobsvc-scope"] = rule.scope
     if parameters:
         described["parameters"] = parameters
     if operation.body is not None:
@@ -484,6 +524,7 @@ def build_document(routes: Iterable[Any], tasks: list[dict[str, Any]]) -> dict[s
     (:meth:`JobService.describe_tasks`). Raises LookupError for a route whose endpoint has
     no entry in :func:`operations`."""
     ops = operations()
+    access = _access()
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route):  # pragma: no cover - the app has only Routes
@@ -492,8 +533,10 @@ def build_document(routes: Iterable[Any], tasks: list[dict[str, Any]]) -> dict[s
         if name not in ops:
             raise LookupError(f"the route {route.path} ({name}) is not described in jobsvc.openapi.operations()")
         path = paths.setdefault(re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path_format), {})
+        if name not in access:
+            raise LookupError(f"the route {route.path} ({name}) has no access rule in jobsvc.app.ACCESS")
         for method in sorted(route.methods or ()):
-            path[method.lower()] = _operation(route, method.lower(), name, ops[name])
+            path[method.lower()] = _operation(route, method.lower(), name, ops[name], access[name])
     return {
         "openapi": "3.1.0",
         "info": {
@@ -503,13 +546,26 @@ def build_document(routes: Iterable[Any], tasks: list[dict[str, Any]]) -> dict[s
             "description": (
                 "Submit jobs with POST /jobs; a 2xx means the job is committed. Every error is "
                 "`application/problem+json` (RFC 9457); an unknown path is 404 `not-found`, a method "
-                "a path does not serve is 405 `method-not-allowed`."
+                "a path does not serve is 405 `method-not-allowed`. With API keys configured, each "
+                "operation that names a scope needs `Authorization: Bearer <key>` with that scope "
+                "(scopes: submit, read, admin, metrics); a key bound to a tenant sees that tenant's "
+                "jobs only (any other job is 404). Request bodies must be JSON "
+                "(`Content-Type: application/json`), and requests from pages of other sites are refused."
             ),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [{"name": "jobs"}, {"name": "service"}, {"name": "original service", "description": "the seed service's endpoints"}],
         "paths": paths,
-        "components": {"schemas": _schemas(tasks)},
+        "components": {
+            "schemas": _schemas(tasks),
+            "securitySchemes": {
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key made by `jobsvc keys create` (jsk_...), as `Authorization: Bearer <key>`.",
+                }
+            },
+        },
     }
 
 

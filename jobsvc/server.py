@@ -4,9 +4,14 @@
 
     trio.run(run_service, settings)
       nursery
-       |- signals               SIGINT/SIGTERM -> Shutdown.begin(); a second one -> force()
+       |- signals               SIGINT/SIGTERM -> Shutdown.begin(); a second one -> force();
+       |                        SIGHUP -> read the API keys file again
        '- open_service(settings)                           (jobsvc.service)
-            '- hypercorn.trio.serve(create_app(service), shutdown_trigger=Shutdown.http_stop)
+            '- hypercorn.trio.serve(create_app(service, auth=...), shutdown_trigger=Shutdown.http_stop)
+
+Before anything is opened, a non-loopback ``--bind`` without API keys is refused (unless
+``--insecure-no-auth``, which is logged as a warning at every start, once serving), and the
+keys file is read: a bad one stops the start with one line.
 
 On the first signal /ready turns 503 and submissions get 503, the claim loop stops and the
 workers get ``grace`` seconds, after which whatever still runs is cancelled and released
@@ -30,6 +35,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from .app import create_app
+from .auth import Authenticator
 from .clock import Clock
 from .config import Settings
 from .errors import ConfigError, unwrap
@@ -130,16 +136,36 @@ async def _exit_past_stuck_handlers(shutdown: Shutdown, service: JobService, htt
         os._exit(0)
 
 
-async def _watch_signals(shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _watch_signals(
+    shutdown: Shutdown, auth: Authenticator | None = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
-            if not shutdown.draining:
+            if signum == signal.SIGHUP:
+                if auth is not None and auth.path is not None:
+                    await trio.to_thread.run_sync(auth.reload)
+                else:
+                    log.info("SIGHUP received: no keys file to read again (--auth-file)")
+            elif not shutdown.draining:
                 log.info("%s received: shutting down gracefully (again to stop now)", signal.Signals(signum).name)
                 shutdown.begin()
             else:
                 log.warning("%s received again: stopping now", signal.Signals(signum).name)
                 shutdown.force()
+
+
+def log_access_control(settings: Settings, auth: Authenticator) -> None:
+    """Say at start-up who may use the service; warn when anyone may."""
+    if auth.enabled:
+        log.info("access control: %d API keys from %s", len(auth.key_ids), auth.path)
+    elif settings.insecure_no_auth:
+        log.warning(
+            "--insecure-no-auth: serving %s without API keys; anyone who can reach it can submit, cancel and read jobs",
+            settings.bind,
+        )
+    else:
+        log.info("no API keys configured (--auth-file): serving loopback addresses only")
 
 
 async def run_service(
@@ -153,10 +179,12 @@ async def run_service(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until shut down (signal, or ``Running.shutdown()``), then drain and return."""
+    settings.check_exposure()
+    auth = await trio.to_thread.run_sync(Authenticator.from_settings, settings)
     shutdown = Shutdown(grace=settings.grace, drain_delay=settings.drain_delay)
     async with trio.open_nursery() as nursery:
         if handle_signals:
-            await nursery.start(_watch_signals, shutdown)
+            await nursery.start(_watch_signals, shutdown, auth)
             nursery.start_soon(_watchdog, shutdown)
         async with open_service(
             settings, registry=registry, clock=clock, rng=rng, observer=PrometheusObserver(), shutdown=shutdown
@@ -171,7 +199,7 @@ async def run_service(
                     try:
                         binds = await http.start(
                             lambda task_status: hypercorn.trio.serve(
-                                create_app(service),  # type: ignore[arg-type]
+                                create_app(service, auth=auth),  # type: ignore[arg-type]
                                 hypercorn_config(settings),
                                 shutdown_trigger=shutdown.http_stop,
                                 task_status=task_status,
@@ -187,6 +215,7 @@ async def run_service(
                         "jobsvc serving on %s (store: %s, %d workers, tasks: %s)",
                         ", ".join(binds), service.statistics()["store"], settings.workers, ", ".join(service.task_names()),
                     )
+                    log_access_control(settings, auth)
                     if on_listening is not None:
                         on_listening(binds)
                     task_status.started(Running(service, binds))

@@ -124,5 +124,5 @@ async def service(start_service: ServiceFactory) -> JobService:
 async def client(service: JobService) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(service)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
         yield c

@@ -15,6 +15,7 @@ template is rebuilt under an exclusive advisory lock and cloned under a shared o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobsvc.store.postgres import apply_migrations
+from jobsvc.store.postgres import MIGRATIONS, apply_migrations
 
 __all__ = [
     "TEMPLATE_DB",
@@ -39,7 +40,9 @@ __all__ = [
 ]
 
 DEFAULT_URL = "postgresql://root@127.0.0.1:5432/postgres"
-TEMPLATE_DB = "jobsvc_test_template"
+#: Named after the migrations it holds: test sessions of branches with different schemas may
+#: share one server, and each rebuilds its template once per session.
+TEMPLATE_DB = "jobsvc_test_template_" + hashlib.sha256(repr(MIGRATIONS).encode()).hexdigest()[:12]
 #: advisory lock key guarding the template: exclusive to rebuild it, shared to clone it
 _TEMPLATE_LOCK = 0x6A6F_6273_7663_7401
 _built_in_this_process: set[str] = set()

@@ -74,8 +74,9 @@ class InstrumentedStore(Store):
         task: str | None = None,
         after: int | None = None,
         limit: int = 100,
+        tenant: str | None = None,
     ) -> list[Job]:
-        return await self._timed("list", self.inner.list_jobs(states=states, task=task, after=after, limit=limit))
+        return await self._timed("list", self.inner.list_jobs(states=states, task=task, after=after, limit=limit, tenant=tenant))
 
     async def claim(self, *, owner: str, now: float, lease: float, limit: int, tasks: Collection[str] | None = None) -> ClaimResult:
         return await self._timed("claim", self.inner.claim(owner=owner, now=now, lease=lease, limit=limit, tasks=tasks))
@@ -83,8 +84,8 @@ class InstrumentedStore(Store):
     async def record(self, finished: Sequence[Finished]) -> list[Job | None]:
         return await self._timed("record", self.inner.record(finished))
 
-    async def modify(self, job_id: str, change: Callable[[Job], Job]) -> Job:
-        return await self._timed("modify", self.inner.modify(job_id, change))
+    async def modify(self, job_id: str, change: Callable[[Job], Job], *, tenant: str | None = None) -> Job:
+        return await self._timed("modify", self.inner.modify(job_id, change, tenant=tenant))
 
     async def heartbeat(self, *, owner: str, now: float, lease: float, held: Collection[AttemptKey]) -> dict[AttemptKey, bool]:
         return await self._timed("heartbeat", self.inner.heartbeat(owner=owner, now=now, lease=lease, held=held))
@@ -95,8 +96,8 @@ class InstrumentedStore(Store):
     async def next_run_at(self, *, tasks: Collection[str] | None = None) -> float | None:
         return await self._timed("next_run_at", self.inner.next_run_at(tasks=tasks))
 
-    async def counts(self) -> Counts:
-        return await self._timed("counts", self.inner.counts())
+    async def counts(self, *, tenant: str | None = None) -> Counts:
+        return await self._timed("counts", self.inner.counts(tenant=tenant))
 
     async def prune(self, *, finished_before: float) -> int:
         return await self._timed("prune", self.inner.prune(finished_before=finished_before))

@@ -116,8 +116,9 @@ _LOG_EVENTS = {
 
 class LogObserver(NullObserver):
     """Logs every job event as one record of the ``jobsvc.job`` logger (standard logging),
-    message ``job.<event>``, with ``job_id``, ``task`` and ``attempt`` (and ``delay``,
-    ``duration_ms``, ``wait_ms``, ``error_type``, ``error`` where they apply) as extra fields.
+    message ``job.<event>``, with ``job_id``, ``task`` and ``attempt`` (and ``tenant``,
+    ``delay``, ``duration_ms``, ``wait_ms``, ``error_type``, ``error`` where they apply) as
+    extra fields.
     The request id, when the event happens inside a request, comes from the context
     (:mod:`jobsvc.logs`). Payloads and results are never logged.
 
@@ -137,6 +138,8 @@ class LogObserver(NullObserver):
         if event in ("released", "rescued") and job.state is JobState.PENDING:
             attempt += 1  # the attempt handed back is no longer counted by the job
         extra: dict[str, Any] = {"job_id": job.id, "task": job.task, "attempt": attempt}
+        if job.tenant is not None:
+            extra["tenant"] = job.tenant
         if event in ("retrying", "dead") and job.errors:
             last = job.errors[-1]
             extra.update(attempt=last.attempt, error_type=last.type, error=last.message)

@@ -11,8 +11,10 @@ __all__ = ["CLAIMABLE_STATES", "FINAL_STATES", "INSERTED", "WRITABLE", "insert_v
 
 #: Columns the store fills itself (``seq``) are not inserted.
 INSERTED = tuple(c for c in JOB_FIELDS if c != "seq")
-#: Columns no transition changes: identity, the submission, and the store's counter.
-_FIXED = frozenset({"id", "seq", "task", "payload", "priority", "max_attempts", "timeout", "created_at", "idempotency_key", "fingerprint"})
+#: Columns no transition changes: identity, the submission (and its tenant), and the store's counter.
+_FIXED = frozenset(
+    {"id", "seq", "task", "payload", "priority", "max_attempts", "timeout", "created_at", "idempotency_key", "tenant", "fingerprint"}
+)
 #: Columns a fenced update writes.
 WRITABLE = tuple(c for c in JOB_FIELDS if c not in _FIXED)
 #: The states' names as the SQL stores write them, sorted (the partial indexes name them).

@@ -29,8 +29,13 @@ later: a crash of the process loses nothing, a power loss may make the last mome
 attempts run again (at-least-once either way). Claims on a shared store are durable: lease
 tokens must never repeat while another process may still hold the older attempt.
 
-Counts by task and state are kept up to date in the same transactions (triggers in the SQL
-stores), so admission control, ``/ready`` and ``/metrics`` never scan the jobs table.
+Counts by tenant, task and state are kept up to date in the same transactions (triggers in
+the SQL stores), so admission control, ``/ready`` and ``/metrics`` never scan the jobs table.
+
+Tenants: a job may carry the tenant of the key that submitted it. Idempotency keys are unique
+per tenant; job ids are global. Operations that take ``tenant`` scope themselves to it, and
+``tenant=None`` means "no scoping" (every tenant's jobs): a job of another tenant is not
+found (``JobNotFound``), never "forbidden", so a key cannot learn that it exists.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = [
     "InsertResult",
     "Store",
     "Tx",
+    "visible",
 ]
 
 T = TypeVar("T")
@@ -104,7 +110,8 @@ class Finished:
 
 @attrs.frozen
 class Counts:
-    """Jobs by task and state, read in O(tasks x states) whatever the size of the table."""
+    """Jobs by task and state (of one tenant, or of all), read in O(tenants x tasks x states)
+    whatever the size of the table."""
 
     by_task: Mapping[str, Mapping[JobState, int]] = attrs.field(factory=dict)
 
@@ -123,6 +130,7 @@ class Counts:
 
     @classmethod
     def from_rows(cls, rows: Iterator[tuple[str, str, int]] | Sequence[tuple[str, str, int]]) -> Counts:
+        """From ``(task, state, n)`` rows; rows of the same task and state add up."""
         by_task: dict[str, dict[JobState, int]] = {}
         for task, state, n in rows:
             if n:
@@ -138,7 +146,8 @@ class Tx(Protocol):
         its id or (non-null) idempotency key is already taken (the row is not inserted)."""
 
     def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
-        """For each job, the stored job holding its id, or else its idempotency key."""
+        """For each job, the stored job holding its id, or else its idempotency key in the
+        job's tenant."""
 
     def get(self, job_id: str, *, lock: bool = False) -> Job | None:
         """One job; ``lock`` holds its row until the transaction ends (PostgreSQL)."""
@@ -164,10 +173,14 @@ class Tx(Protocol):
         """Extend the leases of the attempts named (still running, same token, leased to
         ``owner``) to ``expires``; ``{key: cancel_requested}`` for the renewed ones."""
 
-    def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
-        """Jobs in ``seq`` order with ``seq > after``, filtered by state and task."""
+    def select(
+        self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int, tenant: str | None
+    ) -> list[Job]:
+        """Jobs in ``seq`` order with ``seq > after``, filtered by state, task and tenant
+        (None: any), with an index that keeps each filter a range scan in ``seq`` order."""
 
-    def counts(self) -> Counts: ...
+    def counts(self, *, tenant: str | None) -> Counts:
+        """Jobs by task and state, of ``tenant`` (None: of every tenant)."""
 
     def delete_finished(self, *, before: float, limit: int) -> int:
         """Delete up to ``limit`` final jobs finished before ``before``; how many."""
@@ -183,7 +196,14 @@ def check_conflicts(jobs: Sequence[Job], results: Sequence[InsertResult]) -> Non
     """Raise Conflict if a job's id or key is taken by a job submitted with another body.
     Run inside the insert transaction, so a conflicting batch inserts nothing."""
     for job, result in zip(jobs, results, strict=True):
-        if not result.created and result.job.fingerprint != job.fingerprint:
+        if result.created:
+            continue
+        if job.tenant is not None and result.job.tenant != job.tenant:
+            # The id is taken outside the submitter's tenant (a job of a key without a tenant:
+            # keys of a tenant choose ids in its own namespace, see JobService). Say nothing of
+            # that job: not its tenant, not its body, not a replay of it.
+            raise Conflict(f"the job id {job.id!r} is not available; choose another")
+        if result.job.fingerprint != job.fingerprint:
             what = f"id {job.id!r}" if result.job.id == job.id else f"Idempotency-Key {job.idempotency_key!r}"
             raise Conflict(f"a job with {what} exists with a different body (job {result.job.id})")
 
@@ -253,9 +273,14 @@ def rescue_jobs(tx: Tx, *, now: float, max_rescues: int, expired_only: bool) -> 
     return new
 
 
-def modify_job(tx: Tx, job_id: str, change: Callable[[Job], Job]) -> Job:
+def visible(job: Job | None, tenant: str | None) -> bool:
+    """Whether ``job`` exists for a caller scoped to ``tenant`` (None: to no tenant)."""
+    return job is not None and (tenant is None or job.tenant == tenant)
+
+
+def modify_job(tx: Tx, job_id: str, change: Callable[[Job], Job], *, tenant: str | None = None) -> Job:
     job = tx.get(job_id, lock=True)
-    if job is None:
+    if job is None or not visible(job, tenant):  # another tenant's job: as if there were none
         raise JobNotFound(f"no job has the id {job_id!r}")
     new = change(job)  # a pure transition; raising (IllegalTransition) rolls back
     if new != job:
@@ -323,9 +348,11 @@ class Store(abc.ABC):
         task: str | None = None,
         after: int | None = None,
         limit: int = 100,
+        tenant: str | None = None,
     ) -> list[Job]:
-        """Jobs in ``seq`` order with ``seq > after``, filtered by state and task."""
-        return await self._read(lambda tx: tx.select(states=states, task=task, after=after, limit=limit))
+        """Jobs in ``seq`` order with ``seq > after``, filtered by state, task and tenant
+        (None: every tenant's)."""
+        return await self._read(lambda tx: tx.select(states=states, task=task, after=after, limit=limit, tenant=tenant))
 
     async def claim(self, *, owner: str, now: float, lease: float, limit: int, tasks: Collection[str] | None = None) -> ClaimResult:
         """Claim up to ``limit`` due jobs (of ``tasks`` if given) in one transaction,
@@ -345,10 +372,11 @@ class Store(abc.ABC):
             return []
         return await self._write(lambda tx: record_outcomes(tx, finished))
 
-    async def modify(self, job_id: str, change: Callable[[Job], Job]) -> Job:
+    async def modify(self, job_id: str, change: Callable[[Job], Job], *, tenant: str | None = None) -> Job:
         """Read-modify-write one job in one durable transaction: ``change`` is a pure
-        transition (it may raise IllegalTransition, which rolls back). Raises JobNotFound."""
-        return await self._write(lambda tx: modify_job(tx, job_id, change), durable=True)
+        transition (it may raise IllegalTransition, which rolls back). Raises JobNotFound,
+        also for a job of another tenant than ``tenant`` (None: any tenant)."""
+        return await self._write(lambda tx: modify_job(tx, job_id, change, tenant=tenant), durable=True)
 
     async def heartbeat(self, *, owner: str, now: float, lease: float, held: Collection[AttemptKey]) -> dict[AttemptKey, bool]:
         """Extend, in one statement, the leases of the attempts named that still hold their
@@ -369,9 +397,10 @@ class Store(abc.ABC):
         """The earliest ``run_at`` of a claimable job, or None if there is none."""
         return await self._read(lambda tx: tx.next_run_at(tasks=tasks))
 
-    async def counts(self) -> Counts:
-        """Jobs by task and state; constant time in the number of jobs."""
-        return await self._read(lambda tx: tx.counts())
+    async def counts(self, *, tenant: str | None = None) -> Counts:
+        """Jobs by task and state, of ``tenant`` (None: of every tenant); constant time in
+        the number of jobs."""
+        return await self._read(lambda tx: tx.counts(tenant=tenant))
 
     async def prune(self, *, finished_before: float) -> int:
         """Delete final jobs finished before the given time, in batches of PRUNE_BATCH (each

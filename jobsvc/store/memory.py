@@ -27,6 +27,12 @@ T = TypeVar("T")
 _CLAIMABLE = models.CLAIMABLE
 
 
+def _key(job: Job) -> tuple[str | None, str]:
+    """Idempotency keys are unique per tenant."""
+    assert job.idempotency_key is not None
+    return (job.tenant, job.idempotency_key)
+
+
 class _MemoryTx:
     """The dialect over the store's dictionaries, with an undo log."""
 
@@ -53,7 +59,7 @@ class _MemoryTx:
     def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
         stored: list[Job | None] = []
         for job in jobs:
-            if job.id in self._store._jobs or (job.idempotency_key is not None and job.idempotency_key in self._store._keys):
+            if job.id in self._store._jobs or (job.idempotency_key is not None and _key(job) in self._store._keys):
                 stored.append(None)
                 continue
             new = attrs.evolve(job, seq=next(self._store._seq))
@@ -66,7 +72,7 @@ class _MemoryTx:
         for job in jobs:
             holder = self._store._jobs.get(job.id)
             if holder is None and job.idempotency_key is not None:
-                holder_id = self._store._keys.get(job.idempotency_key)
+                holder_id = self._store._keys.get(_key(job))
                 holder = None if holder_id is None else self._store._jobs.get(holder_id)
             found.append(holder)
         return found
@@ -117,16 +123,23 @@ class _MemoryTx:
                 renewed[(job_id, token)] = job.cancel_requested
         return renewed
 
-    def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
+    def select(
+        self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int, tenant: str | None
+    ) -> list[Job]:
         found = (
             job
             for job in sorted(self._store._jobs.values(), key=lambda j: j.seq)
-            if (not states or job.state in states) and (task is None or job.task == task) and (after is None or job.seq > after)
+            if (not states or job.state in states)
+            and (task is None or job.task == task)
+            and (after is None or job.seq > after)
+            and (tenant is None or job.tenant == tenant)
         )
         return list(itertools.islice(found, limit))
 
-    def counts(self) -> Counts:
-        return Counts.from_rows([(task, state.value, n) for (task, state), n in self._store._counts.items()])
+    def counts(self, *, tenant: str | None) -> Counts:
+        return Counts.from_rows(
+            [(task, state.value, n) for (owner, task, state), n in self._store._counts.items() if tenant is None or owner == tenant]
+        )
 
     def delete_finished(self, *, before: float, limit: int) -> int:
         old = [j for j in self._store._jobs.values() if j.is_final and j.finished_at is not None and j.finished_at < before][:limit]
@@ -145,23 +158,25 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
-        self._keys: dict[str, str] = {}
-        self._counts: Counter[tuple[str, JobState]] = Counter()
+        #: (tenant, idempotency key) -> job id
+        self._keys: dict[tuple[str | None, str], str] = {}
+        #: (tenant, task, state) -> jobs
+        self._counts: Counter[tuple[str | None, str, JobState]] = Counter()
         self._seq = itertools.count(1)
 
     def _apply(self, old: Job | None, new: Job | None, *, job_id: str | None = None) -> None:
         """Replace ``old`` by ``new`` (either may be None), keeping keys and counts."""
         if old is not None:
-            self._counts[(old.task, old.state)] -= 1
+            self._counts[(old.tenant, old.task, old.state)] -= 1
             if old.idempotency_key is not None:
-                self._keys.pop(old.idempotency_key, None)
+                self._keys.pop(_key(old), None)
         if new is None:
             self._jobs.pop(job_id or (old.id if old else ""), None)
             return
         self._jobs[new.id] = new
-        self._counts[(new.task, new.state)] += 1
+        self._counts[(new.tenant, new.task, new.state)] += 1
         if new.idempotency_key is not None:
-            self._keys[new.idempotency_key] = new.id
+            self._keys[_key(new)] = new.id
 
     async def _write(self, fn: Callable[[Tx], T], *, durable: bool = False) -> T:
         await trio.lowlevel.checkpoint()

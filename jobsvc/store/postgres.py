@@ -16,12 +16,15 @@ Theory of operation
   and the cost does not grow with the backlog or with jobs scheduled for later.
 * **Rescue.** Expired leases are taken back with ``FOR UPDATE SKIP LOCKED`` (a row that a live
   worker is writing right now is skipped) and :func:`jobsvc.models.rescue`, written fenced.
-* **Counts.** Jobs by task and state live in ``jobsvc_counts``, kept by statement-level
+* **Counts.** Jobs by tenant, task and state live in ``jobsvc_counts``, kept by statement-level
   triggers (transition tables: one upsert per statement, not per row) in the same
   transaction as the change. Every instance updating one counter row would serialize all
   writers on that row's lock, so each row is *sharded* by the writing backend
-  (``pg_backend_pid() % 32``) and a read sums the shards: O(tasks x states x 32) whatever
-  the size of the table.
+  (``pg_backend_pid() % 32``) and a read sums the shards: O(tenants x tasks x states x 32)
+  whatever the size of the table (one tenant's: a range of the primary key).
+* **Tenants.** ``tenant`` is ``''`` for a job without one, so that idempotency keys are unique
+  per tenant with one plain unique index (NULLs would all be distinct). The tenant indexes are
+  partial (``WHERE tenant <> ''``): a service without tenants does not pay for them.
 * **Durability.** A client's write (a submission, a cancel, a redrive) commits with
   ``synchronous_commit = on``. Worker-side writes (claims, outcomes, heartbeats, rescues)
   use ``synchronous_commit = off`` unless ``fsync_interval`` is 0: the server flushes them
@@ -195,10 +198,53 @@ _V2 = (
     "INSERT INTO jobsvc_counts (task, state, shard, n) SELECT task, state, 0, count(*) FROM jobs GROUP BY task, state",
 )
 
+_COUNT_FUNCTION_V3 = f"""
+    CREATE OR REPLACE FUNCTION jobsvc_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        -- as in migration 2, by tenant too
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO jobsvc_counts AS c (tenant, task, state, shard, n)
+                SELECT tenant, task, state, pg_backend_pid() % {COUNT_SHARDS}, count(*) FROM new_rows
+                GROUP BY tenant, task, state ORDER BY tenant, task, state
+                ON CONFLICT (tenant, task, state, shard) DO UPDATE SET n = c.n + excluded.n;
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO jobsvc_counts AS c (tenant, task, state, shard, n)
+                SELECT tenant, task, state, pg_backend_pid() % {COUNT_SHARDS}, -count(*) FROM old_rows
+                GROUP BY tenant, task, state ORDER BY tenant, task, state
+                ON CONFLICT (tenant, task, state, shard) DO UPDATE SET n = c.n + excluded.n;
+        ELSE
+            INSERT INTO jobsvc_counts AS c (tenant, task, state, shard, n)
+                SELECT tenant, task, state, pg_backend_pid() % {COUNT_SHARDS}, sum(d) FROM (
+                    SELECT tenant, task, state, 1 AS d FROM new_rows
+                    UNION ALL SELECT tenant, task, state, -1 FROM old_rows) AS changes
+                GROUP BY tenant, task, state HAVING sum(d) <> 0 ORDER BY tenant, task, state
+                ON CONFLICT (tenant, task, state, shard) DO UPDATE SET n = c.n + excluded.n;
+        END IF;
+        RETURN NULL;
+    END $$
+"""  # noqa: S608 - constant DDL
+
+_V3 = (
+    # a constant default: no table rewrite; every job so far has no tenant
+    "ALTER TABLE jobs ADD COLUMN tenant text NOT NULL DEFAULT ''",
+    # idempotency keys are unique per tenant
+    "ALTER TABLE jobs DROP CONSTRAINT jobs_idempotency_key_key",
+    "CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL",
+    # list_jobs(tenant=...) keyset pagination, with and without a state filter
+    "CREATE INDEX jobs_tenant_seq ON jobs (tenant, seq) WHERE tenant <> ''",
+    "CREATE INDEX jobs_tenant_state_seq ON jobs (tenant, state, seq) WHERE tenant <> ''",
+    # counts by tenant too; the rows so far count jobs without a tenant
+    "ALTER TABLE jobsvc_counts ADD COLUMN tenant text NOT NULL DEFAULT ''",
+    "ALTER TABLE jobsvc_counts DROP CONSTRAINT jobsvc_counts_pkey",
+    "ALTER TABLE jobsvc_counts ADD PRIMARY KEY (tenant, task, state, shard)",
+    _COUNT_FUNCTION_V3,
+)
+
 #: (version, name, statements), in order. Never edit an applied migration: append a new one.
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "create jobs table and indexes", _V1),
     (2, "counts by task and state, kept by triggers", _V2),
+    (3, "tenants: a tenant per job, idempotency keys per tenant, counts by tenant", _V3),
 )
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
@@ -232,7 +278,8 @@ _SQL_INSERT = (
     f"ON CONFLICT DO NOTHING RETURNING {_COLS}"
 )
 _SQL_EXISTING = (
-    f"SELECT {_COLS} FROM jobs WHERE id = ANY(%(ids)s::text[]) OR idempotency_key = ANY(%(keys)s::text[])"  # noqa: S608 - constant identifiers only
+    f"SELECT {_COLS} FROM jobs WHERE id = ANY(%(ids)s::text[]) OR (tenant, idempotency_key) IN "  # noqa: S608 - constant identifiers only
+    "(SELECT * FROM unnest(%(tenants)s::text[], %(keys)s::text[]))"
 )
 _SQL_NOTIFY = "SELECT pg_notify(%s, '')"
 _SQL_GET = f"SELECT {_COLS} FROM jobs WHERE id = %s"  # noqa: S608 - constant identifiers only
@@ -281,12 +328,14 @@ _SQL_EXPIRED = (
 )
 _SQL_ALL_RUNNING = f"SELECT {_COLS} FROM jobs WHERE state = 'running' ORDER BY seq FOR UPDATE SKIP LOCKED"  # noqa: S608 - constant identifiers only
 _SQL_COUNTS = "SELECT task, state, sum(n) FROM jobsvc_counts GROUP BY task, state HAVING sum(n) <> 0"
+_SQL_TENANT_COUNTS = "SELECT task, state, sum(n) FROM jobsvc_counts WHERE tenant = %s GROUP BY task, state HAVING sum(n) <> 0"
 _SQL_PRUNE = (
     f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {_IN_FINAL} "  # noqa: S608 - constant
     "AND finished_at < %(before)s LIMIT %(batch)s)"
 )
 # list_jobs: constant fragments joined by constant code; values are parameters
 _LIST_BASE = f"SELECT {_COLS} FROM jobs WHERE true"  # noqa: S608 - constant identifiers only
+_LIST_TENANT = " AND tenant = %(tenant)s AND tenant <> ''"  # names the partial indexes' condition
 _LIST_STATES = " AND state = ANY(%(states)s::text[])"
 _LIST_TASK = " AND task = %(task)s"
 _LIST_AFTER = " AND seq > %(after)s"
@@ -315,11 +364,12 @@ class _PgTx:
 
     def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
         ids = [job.id for job in jobs if _storable(job.id)]
-        keys = [job.idempotency_key for job in jobs if job.idempotency_key is not None and _storable(job.idempotency_key)]
-        rows = [job_from_row(r) for r in self._conn.execute(_SQL_EXISTING, {"ids": ids, "keys": keys})]
+        keyed = [j for j in jobs if j.idempotency_key is not None and _storable(j.idempotency_key) and _storable(j.tenant)]
+        params = {"ids": ids, "tenants": [j.tenant or "" for j in keyed], "keys": [j.idempotency_key for j in keyed]}
+        rows = [job_from_row(r) for r in self._conn.execute(_SQL_EXISTING, params)]
         by_id = {j.id: j for j in rows}
-        by_key = {j.idempotency_key: j for j in rows if j.idempotency_key is not None}
-        return [by_id.get(job.id) or (by_key.get(job.idempotency_key) if job.idempotency_key else None) for job in jobs]
+        by_key = {(j.tenant, j.idempotency_key): j for j in rows if j.idempotency_key is not None}
+        return [by_id.get(job.id) or (by_key.get((job.tenant, job.idempotency_key)) if job.idempotency_key else None) for job in jobs]
 
     def get(self, job_id: str, *, lock: bool = False) -> Job | None:
         if not _storable(job_id):
@@ -378,11 +428,16 @@ class _PgTx:
         params = {"owner": owner, "expires": expires, "ids": [k[0] for k in keys], "tokens": [k[1] for k in keys]}
         return {(job_id, int(token)): bool(cancel) for job_id, token, cancel in self._conn.execute(_SQL_RENEW, params)}
 
-    def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
-        if not _storable(task):
+    def select(
+        self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int, tenant: str | None
+    ) -> list[Job]:
+        if not (_storable(task) and _storable(tenant)):
             return []
         query = _LIST_BASE
         params: dict[str, Any] = {"limit": limit}
+        if tenant is not None:
+            query += _LIST_TENANT
+            params["tenant"] = tenant
         if states:
             query += _LIST_STATES
             params["states"] = [s.value for s in states]
@@ -394,8 +449,12 @@ class _PgTx:
             params["after"] = after
         return [job_from_row(r) for r in self._conn.execute(query + _LIST_TAIL, params)]
 
-    def counts(self) -> Counts:
-        return Counts.from_rows(self._conn.execute(_SQL_COUNTS).fetchall())
+    def counts(self, *, tenant: str | None) -> Counts:
+        if tenant is None:
+            return Counts.from_rows(self._conn.execute(_SQL_COUNTS).fetchall())
+        if not _storable(tenant):
+            return Counts()
+        return Counts.from_rows(self._conn.execute(_SQL_TENANT_COUNTS, (tenant,)).fetchall())
 
     def delete_finished(self, *, before: float, limit: int) -> int:
         return self._conn.execute(_SQL_PRUNE, {"before": before, "batch": limit}).rowcount

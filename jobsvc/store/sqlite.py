@@ -20,8 +20,8 @@ Theory of operation
   the cost does not grow with the backlog, nor with jobs scheduled for later. The next due
   time is the first entry of each level. Every index is one more write per claim and per
   outcome, so there are only those the queries use.
-* Counts by task and state: the store is exclusive, so they are counted once when it opens
-  (one scan) and then kept in memory, updated with the state changes of every committed
+* Counts by tenant, task and state: the store is exclusive, so they are counted once when it
+  opens (one scan) and then kept in memory, updated with the state changes of every committed
   transaction (each primitive below reports its own): reading them costs nothing, at any
   table size, and no write pays for them.
 * An exclusive ``flock`` on ``<db>.lock`` keeps a second jobsvc process off the same file:
@@ -61,7 +61,8 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
 T = TypeVar("T")
 log = logging.getLogger("jobsvc")
 
-SCHEMA_VERSION = 1
+#: 1: the jobs table; 2: tenants (a ``tenant`` column, idempotency keys unique per tenant).
+SCHEMA_VERSION = 2
 #: The most operations one group commit takes.
 MAX_BATCH = 512
 READERS = 2
@@ -85,11 +86,16 @@ _RENEW = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'running
 _DELETE_FINISHED = (
     "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished "  # noqa: S608 - constant
     f"WHERE finished_at < ? AND state IN ({', '.join(repr(s) for s in FINAL_STATES)}) LIMIT ?) "
-    "RETURNING task, state"
+    "RETURNING tenant, task, state"
 )
+#: A job holding an id, or else an idempotency key in a tenant (the id first).
+_EXISTING = f"{_SELECT} WHERE id = ? OR (idempotency_key = ? AND tenant = ?) ORDER BY id = ? DESC LIMIT 1"  # noqa: S608
+#: The partial tenant indexes hold tenants' jobs only (a service without tenants pays nothing
+#: for them); a query names their condition word for word, so SQLite knows it may use them.
+_IS_TENANT = "tenant <> ''"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               TEXT    NOT NULL UNIQUE,
     task             TEXT    NOT NULL,
@@ -106,28 +112,63 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at      REAL,
     result           TEXT,
     errors           TEXT    NOT NULL DEFAULT '[]',
-    idempotency_key  TEXT    UNIQUE,
+    idempotency_key  TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    tenant           TEXT    NOT NULL DEFAULT '',
     fingerprint      TEXT    NOT NULL DEFAULT '',
     lease_owner      TEXT,
     lease_token      INTEGER NOT NULL DEFAULT 0,
     lease_expires_at REAL
 );
+"""
+SCHEMA = (
+    _TABLE.format(name="jobs")
+    + """
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (priority DESC, run_at, seq)
     WHERE state IN ('pending', 'retrying');
 CREATE INDEX IF NOT EXISTS jobs_state_seq ON jobs (state, seq);
 CREATE INDEX IF NOT EXISTS jobs_task_seq ON jobs (task, seq);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_tenant_seq ON jobs (tenant, seq) WHERE tenant <> '';
+CREATE INDEX IF NOT EXISTS jobs_tenant_state_seq ON jobs (tenant, state, seq) WHERE tenant <> '';
 DROP INDEX IF EXISTS jobs_running;
 CREATE TABLE IF NOT EXISTS jobsvc_health (id INTEGER PRIMARY KEY CHECK (id = 1), probes INTEGER NOT NULL);
 """
+)
+#: Schema 1 -> 2. SQLite cannot drop the column constraint ``idempotency_key UNIQUE``, so the
+#: table is rebuilt (SQLite's documented way to change a table): a copy in one transaction,
+#: keeping every row's seq and the AUTOINCREMENT counter (seqs are cursors clients hold).
+_COPY_V1_TO_V2 = """
+INSERT INTO jobs_v2 (
+    seq, id, task, state, payload, priority, attempts, max_attempts, rescues, timeout, run_at, created_at,
+    updated_at, finished_at, result, errors, idempotency_key, cancel_requested, fingerprint, lease_owner,
+    lease_token, lease_expires_at, tenant)
+SELECT
+    seq, id, task, state, payload, priority, attempts, max_attempts, rescues, timeout, run_at, created_at,
+    updated_at, finished_at, result, errors, idempotency_key, cancel_requested, fingerprint, lease_owner,
+    lease_token, lease_expires_at, ''
+FROM jobs;
+INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs_v2', max(
+    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0),
+    coalesce((SELECT max(seq) FROM jobs_v2), 0));
+DELETE FROM sqlite_sequence WHERE name = 'jobs_v2' AND rowid NOT IN (SELECT max(rowid) FROM sqlite_sequence WHERE name = 'jobs_v2');
+DROP TABLE jobs;
+ALTER TABLE jobs_v2 RENAME TO jobs;
+"""
+_UPGRADE_1_TO_2 = _TABLE.format(name="jobs_v2") + _COPY_V1_TO_V2  # noqa: S608 - constant identifiers only
+
+
+def _counts_of(counts: Deltas, tenant: str | None) -> Counts:
+    return Counts.from_rows([(task, state.value, n) for (owner, task, state), n in counts.items() if tenant is None or owner == tenant])
+
 
 def _unavailable(exc: Exception) -> StoreUnavailable:
     return StoreUnavailable(f"the SQLite database is unavailable ({exc}); retry later")
 
 
-#: (task, state) -> change in the number of jobs
-Deltas = Counter[tuple[str, JobState]]
+#: (tenant, task, state) -> change in the number of jobs
+Deltas = Counter[tuple[str | None, str, JobState]]
 
 
 class _SQLiteTx:
@@ -148,7 +189,7 @@ class _SQLiteTx:
             cur = self._conn.execute(_INSERT, insert_values(job))
             if cur.rowcount == 1:
                 stored.append(attrs.evolve(job, seq=int(cur.lastrowid or 0)))
-                self.deltas[(job.task, job.state)] += 1
+                self.deltas[(job.tenant, job.task, job.state)] += 1
             else:
                 stored.append(None)
         return stored
@@ -156,10 +197,7 @@ class _SQLiteTx:
     def existing(self, jobs: Sequence[Job]) -> list[Job | None]:
         found: list[Job | None] = []
         for job in jobs:
-            row = self._conn.execute(
-                f"{_SELECT} WHERE id = ? OR idempotency_key = ? ORDER BY id = ? DESC LIMIT 1",  # noqa: S608
-                (job.id, job.idempotency_key, job.id),
-            ).fetchone()
+            row = self._conn.execute(_EXISTING, (job.id, job.idempotency_key, job.tenant or "", job.id)).fetchone()
             found.append(None if row is None else job_from_row(row))
         return found
 
@@ -172,8 +210,8 @@ class _SQLiteTx:
         for new, expected in pairs:
             ok = self._conn.execute(_UPDATE, update_values(new, expected)).rowcount == 1
             if ok and new.state is not expected.state:
-                self.deltas[(expected.task, expected.state)] -= 1
-                self.deltas[(new.task, new.state)] += 1
+                self.deltas[(expected.tenant, expected.task, expected.state)] -= 1
+                self.deltas[(new.tenant, new.task, new.state)] += 1
             written.append(ok)
         return written
 
@@ -225,9 +263,14 @@ class _SQLiteTx:
                 renewed[(job_id, token)] = bool(row[0])
         return renewed
 
-    def select(self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int) -> list[Job]:
+    def select(
+        self, *, states: Collection[JobState], task: str | None, after: int | None, limit: int, tenant: str | None
+    ) -> list[Job]:
         where: list[str] = ["seq > ?"]
         args: list[object] = [after or 0]
+        if tenant is not None:
+            where.append(f"tenant = ? AND {_IS_TENANT}")
+            args.append(tenant)
         if states:
             where.append(f"state IN ({', '.join('?' for _ in states)})")
             args.extend(s.value for s in states)
@@ -237,14 +280,18 @@ class _SQLiteTx:
         sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"  # noqa: S608 - placeholders only
         return [job_from_row(r) for r in self._conn.execute(sql, (*args, limit))]
 
-    def counts(self) -> Counts:
+    def count_rows(self) -> Deltas:
         """A count of every row (one scan: the store opening); the store keeps them after."""
-        return Counts.from_rows(self._conn.execute("SELECT task, state, count(*) FROM jobs GROUP BY task, state").fetchall())
+        rows = self._conn.execute("SELECT tenant, task, state, count(*) FROM jobs GROUP BY tenant, task, state")
+        return Counter({(tenant or None, task, JobState(state)): n for tenant, task, state, n in rows})
+
+    def counts(self, *, tenant: str | None) -> Counts:
+        return _counts_of(self.count_rows(), tenant)
 
     def delete_finished(self, *, before: float, limit: int) -> int:
         deleted = self._conn.execute(_DELETE_FINISHED, (before, limit)).fetchall()
-        for task, state in deleted:
-            self.deltas[(task, JobState(state))] -= 1
+        for tenant, task, state in deleted:
+            self.deltas[(tenant or None, task, JobState(state))] -= 1
         return len(deleted)
 
     def notify(self) -> None:
@@ -304,7 +351,7 @@ class SQLiteStore(Store):
         writer: sqlite3.Connection,
         readers: list[sqlite3.Connection],
         *,
-        counts: Counts | None = None,
+        counts: Deltas | None = None,
         fsync_interval: float = 1.0,
     ) -> None:
         self.path = path
@@ -313,10 +360,7 @@ class SQLiteStore(Store):
         self.broken: str | None = None
         #: the last write batch failed for the database's own reasons (disk full, read-only...)
         self.write_error: str | None = None
-        self._counts: Counter[tuple[str, JobState]] = Counter()
-        for task, states in (counts or Counts()).by_task.items():
-            for state, n in states.items():
-                self._counts[(task, state)] = n
+        self._counts: Deltas = Counter(counts or {})
         self.fsync_interval = fsync_interval
         self._writer = writer
         self._readers = readers
@@ -491,10 +535,10 @@ class SQLiteStore(Store):
     def statistics(self) -> dict[str, int]:
         return {"commits": self.commits, "synced_commits": self.synced_commits, "operations": self.operations}
 
-    async def counts(self) -> Counts:
+    async def counts(self, *, tenant: str | None = None) -> Counts:
         """Kept in memory (see the module docstring): no I/O."""
         await trio.lowlevel.checkpoint()
-        return Counts.from_rows([(task, state.value, n) for (task, state), n in self._counts.items()])
+        return _counts_of(self._counts, tenant)
 
     async def ping(self) -> None:
         """Unavailable when the file was removed or replaced, or when writes are failing (a
@@ -509,7 +553,7 @@ class SQLiteStore(Store):
         self._send.close()
 
 
-def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connection], Counts]:
+def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connection], Deltas]:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ConfigError(f"cannot open the SQLite database {path!r}: directory {directory!r} does not exist")
@@ -531,7 +575,7 @@ def _open_files(path: str) -> tuple[int, sqlite3.Connection, list[sqlite3.Connec
         if mode != "wal":  # pragma: no cover - only on filesystems without shared memory
             raise ConfigError(f"SQLite refused WAL mode for {path!r} (got {mode!r})")
         _migrate(writer, path)
-        counts = _SQLiteTx(writer).counts()
+        counts = _SQLiteTx(writer).count_rows()
         readers = [_connect(path) for _ in range(READERS)]
     except sqlite3.Error as exc:
         os.close(lock_fd)
@@ -547,7 +591,11 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise ConfigError(f"{path!r} has schema version {version}, newer than this jobsvc ({SCHEMA_VERSION}); upgrade jobsvc")
-    conn.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+    has_jobs = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'").fetchone() is not None
+    upgrade = _UPGRADE_1_TO_2 if has_jobs and version < 2 else ""
+    if upgrade:
+        log.info("upgrading the SQLite schema of %s from version %d to %d (tenants)", path, version, SCHEMA_VERSION)
+    conn.executescript(f"BEGIN IMMEDIATE;\n{upgrade}\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
 
 
 @asynccontextmanager

@@ -44,6 +44,7 @@ JOB_JSON: dict[str, Any] = {
     "errors": [],
     "idempotency_key": None,
     "cancel_requested": False,
+    "tenant": None,
 }
 
 

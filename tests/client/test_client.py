@@ -32,7 +32,7 @@ from jobsvc.client import (
 from jobsvc.codec import JobRequest
 from jobsvc.service import JobService
 
-BASE = "http://jobsvc.test"
+BASE = "http://localhost"
 
 
 class LoseResponses(httpx.AsyncBaseTransport):
@@ -186,7 +186,7 @@ async def test_a_cancel_that_may_have_arrived_is_not_resent(service: JobService,
     await service.submit([JobRequest(task="nap", payload={"seconds": 60}, id="c", delay=100)])
     lossy = LoseResponses(asgi(service), method="POST", path="/jobs/c/cancel")
     async with AsyncClient(BASE, transport=lossy) as jobs:
-        with pytest.raises(ServerUnreachable, match="cannot reach jobsvc at http://jobsvc.test: the answer was lost$"):
+        with pytest.raises(ServerUnreachable, match="cannot reach jobsvc at http://localhost: the answer was lost$"):
             await jobs.cancel("c")
         assert len(lossy.seen) == 1
         assert (await jobs.get("c")).state is JobState.CANCELLED

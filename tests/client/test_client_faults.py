@@ -41,7 +41,7 @@ from jobsvc.client import (
 )
 from jobsvc.retry import Backoff
 
-BASE = "http://jobsvc.test"
+BASE = "http://localhost"
 #: Jitter at its ceiling: backoff delays are exact.
 CEILING = RetryPolicy(rng=lambda low, high: high)
 
@@ -148,7 +148,7 @@ def test_connection_errors_are_retried_with_capped_backoff(fake_time: FakeTime) 
     with sync_client(script, fake_time, policy) as jobs, pytest.raises(ServerUnreachable) as caught:
         jobs.get("j")
     assert fake_time.slept == [1, 2, 4, 4, 4]
-    assert str(caught.value) == "cannot reach jobsvc at http://jobsvc.test: [Errno 111] Connection refused (after 6 attempts)"
+    assert str(caught.value) == "cannot reach jobsvc at http://localhost: [Errno 111] Connection refused (after 6 attempts)"
     assert caught.value.url == BASE and isinstance(caught.value.__cause__, httpx.ConnectError)
 
 
@@ -188,7 +188,7 @@ def test_no_retries(fake_time: FakeTime) -> None:
 def test_a_timeout_without_text_is_named() -> None:
     script = Script(httpx.ReadTimeout(""))
     with Client(BASE, transport=httpx.MockTransport(script), retry=RetryPolicy.none()) as jobs:
-        with pytest.raises(ServerUnreachable, match="^cannot reach jobsvc at http://jobsvc.test: ReadTimeout$"):
+        with pytest.raises(ServerUnreachable, match="^cannot reach jobsvc at http://localhost: ReadTimeout$"):
             jobs.get("j")
 
 
@@ -425,8 +425,8 @@ def test_list_sends_its_filters_and_follows_next(fake_time: FakeTime) -> None:
         ids = [j.id for j in jobs.iter_jobs([JobState.DEAD, "pending"], task="t", page_size=1)]
     assert ids == ["1", "2"]
     assert [str(r.url) for r in script.requests] == [
-        "http://jobsvc.test/jobs?state=dead%2Cpending&task=t&limit=1",
-        "http://jobsvc.test/jobs?state=dead%2Cpending&limit=1&after=7",
+        "http://localhost/jobs?state=dead%2Cpending&task=t&limit=1",
+        "http://localhost/jobs?state=dead%2Cpending&limit=1&after=7",
     ]
 
 

@@ -64,6 +64,8 @@ def test_three_instances_on_postgres_behind_nginx_scraped_by_prometheus() -> Non
         args = cli._parser().parse_args(service["command"])
         settings = Settings.from_sources({k: v for k, v in vars(args).items() if k != "command"}, env)
         assert settings.database.scheme == "postgresql" and settings.bind == "0.0.0.0:3000"
+        settings.check_exposure()  # it starts: without keys only because it says so (a demo)
+        assert settings.served_hosts is not None and set(instances) | {"localhost"} <= settings.served_hosts
         assert _seconds(service["stop_grace_period"]) > settings.grace + settings.drain_delay + 2
     for name in ("nginx", "prometheus", "grafana"):
         for port in services[name].get("ports", []):

@@ -211,9 +211,9 @@ def test_sigterm_drains_within_grace_and_releases_unfinished_jobs(servers: Any, 
     # Requests already in flight when the signal lands (new connections are refused at once):
     # /ready with its headers unfinished, and a POST /jobs whose body is still on its way.
     # Best effort: hypercorn may close either on shutdown; an answer must be 503.
-    ready = _open_request(server.url, b"GET /ready HTTP/1.1\r\nHost: jobsvc\r\n")
+    ready = _open_request(server.url, b"GET /ready HTTP/1.1\r\nHost: localhost\r\n")
     body = b'{"task": "noop"}'
-    post = _open_request(server.url, b"POST /jobs HTTP/1.1\r\nHost: jobsvc\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    post = _open_request(server.url, b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
     sent_at = time.monotonic()
     server.send(signal.SIGTERM)
     servers.wait_until(lambda: "received: shutting down gracefully" in server.log(), timeout=grace, what="the signal to be handled")
@@ -267,7 +267,7 @@ def test_second_sigterm_stops_at_once(servers: Any, db_path: Path) -> None:
 def test_client_disconnect_mid_body_is_not_an_error(servers: Any, db_path: Path) -> None:
     """A client that hangs up halfway through a POST body leaves no error or traceback in the log."""
     server = servers.start(db_path)
-    post = _open_request(server.url, b"POST /jobs HTTP/1.1\r\nHost: jobsvc\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    post = _open_request(server.url, b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
     post.sendall(b'{"task": "noop", ')
     with server.client() as client:  # served after it, so the POST connection was accepted (FIFO backlog)
         assert client.get("/health").status_code == 200

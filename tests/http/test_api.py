@@ -48,7 +48,7 @@ def no_traceback_anywhere(client: httpx.AsyncClient) -> None:
 async def client_for(service: JobService) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
     async with httpx.AsyncClient(
-        transport=transport, base_url="http://jobsvc.test", event_hooks={"response": [_no_traceback]}
+        transport=transport, base_url="http://localhost", event_hooks={"response": [_no_traceback]}
     ) as c:
         yield c
 
@@ -115,6 +115,7 @@ async def test_post_jobs_returns_202_location_and_the_public_job(
         "errors": [],
         "idempotency_key": None,
         "cancel_requested": False,
+        "tenant": None,
     }
     assert len(body["id"]) == 36  # a generated UUID
 
@@ -633,7 +634,7 @@ async def asgi_post(service: JobService, path: str, headers: list[tuple[bytes, b
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
         "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"jobsvc.test"), *headers], "client": ("127.0.0.1", 1234), "server": ("jobsvc.test", 80),
+        "headers": [(b"host", b"localhost"), *headers], "client": ("127.0.0.1", 1234), "server": ("127.0.0.1", 80),
     }
     pending = list(chunks)
     sent: list[dict[str, Any]] = []

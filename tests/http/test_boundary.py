@@ -87,7 +87,7 @@ async def running_client(env: Env) -> AsyncIterator[httpx.AsyncClient]:
         observer=PrometheusObserver(),
     ) as service:
         transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             yield client
         service.force_stop()
 

@@ -76,7 +76,7 @@ async def test_the_instance_answers_503_during_the_delay_while_jobs_drain(start_
 
     service = await start_service(grace=2, drain_delay=5)
     transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         job = (await client.post("/jobs", json={"task": "nap", "payload": {"seconds": 100}})).json()
         assert (await client.get("/ready")).status_code == 200
         await trio.sleep_until(1)

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from jobsvc import openapi
 from jobsvc.app import create_app
+from jobsvc.codec import JobRequest
 from jobsvc.service import JobService
 
 
@@ -215,3 +216,47 @@ async def test_docs_page_is_served_with_a_strict_content_security_policy(client:
         assert unsafe not in script
     assert 'fetch("openapi.json"' in script
     assert not re.search(r"https?://", response.text), "no CDN, no absolute URL"
+
+
+async def test_access_control_is_documented_and_its_answers_match(service: JobService, document: dict[str, Any]) -> None:
+    """Each operation's security says whether it needs a key (and its scope), from
+    jobsvc.app.ACCESS; the guard's answers (401, 403, 415, 421, 429) are documented for the
+    operations that give them and validate against their schemas."""
+    from jobsvc.app import ACCESS
+    from jobsvc.auth import Authenticator, Limits, new_key
+
+    assert document["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer", "description": document["components"]["securitySchemes"]["apiKey"]["description"],
+    }  # fmt: skip
+    app = create_app(service)
+    for route in app.routes:
+        assert isinstance(route, Route)
+        rule = ACCESS[route.endpoint.__name__]
+        for method in route.methods or ():
+            operation = document["paths"][_template(route.path)][method.lower()]
+            if rule.scope is None:
+                assert operation["security"] == [] and "401" not in operation["responses"], route.path
+            else:
+                assert operation["security"] == [{"apiKey": []}] and operation["x-jobsvc-scope"] == rule.scope
+                assert {"401", "403", "429"} <= set(operation["responses"]), route.path
+                assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+            assert ("421" in operation["responses"]) is (not rule.probe)
+
+    reader, read_key = new_key(scopes=["read"], created="2026-01-01T00:00:00Z", rate=1, burst=1)
+    keyed = create_app(service, auth=Authenticator([read_key], path="keys.toml", defaults=Limits()))
+    check = Checker(document)
+    job = (await service.submit([JobRequest(task="noop", delay=60)]))[0].job
+    transport = httpx.ASGITransport(app=keyed, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        key = {"Authorization": f"Bearer {reader}"}
+        check(await client.get("/jobs"), "/jobs")  # 401
+        check(await client.head("/jobs"), "/jobs")  # 401, headers only
+        check(await client.post("/jobs", json={"task": "noop"}, headers=key), "/jobs")  # 403: no submit scope
+        check(await client.get("/tasks", headers=key), "/tasks")  # 200
+        check(await client.get("/tasks", headers=key), "/tasks")  # 429: rate 1, burst 1
+        check(await client.get("/stats", headers={**key, "Host": "evil.example"}), "/stats")  # 421
+        check(await client.get("/jobs", headers={**key, "Origin": "http://evil.example"}), "/jobs")  # 403 cross-site
+        check(await client.post(f"/jobs/{job.id}/cancel", headers={"content-type": "application/x-www-form-urlencoded"}), "/jobs/{job_id}/cancel")  # 415
+        check(await client.get("/metrics"), "/metrics")  # 401
+        check(await client.get("/docs"), "/docs")  # 200 without a key
+    assert {s for t, _, s in check.seen} == {"200", "401", "403", "415", "421", "429"}

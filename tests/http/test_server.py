@@ -160,7 +160,7 @@ async def test_abandoned_long_polls_are_freed_at_once(tmp_path: Path, nursery: t
             for _ in range(20):
                 sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 await sock.connect((host, int(port)))
-                await sock.send(f"GET /jobs/{job['id']}?wait=60 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await sock.send(f"GET /jobs/{job['id']}?wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
                 sock.close()
             while len(waiters) or len(os.listdir("/proc/self/fd")) > fds_before + 2:  # noqa: ASYNC110 - a real server, bounded by fail_after
                 assert (await client.get("/health")).status_code == 200

@@ -40,7 +40,7 @@ async def down_client(start_service: Any) -> AsyncIterator[tuple[httpx.AsyncClie
     store = SwitchableStore()
     service = await start_service(store=store)
     transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         yield client, store, service
 
 
@@ -93,7 +93,7 @@ async def test_a_removed_sqlite_file_gives_503_and_an_unready_service(start_serv
     async with open_store(f"sqlite:///{path}") as store:
         service = await start_service(store=store)
         transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             assert (await client.post("/jobs", json={"task": "echo", "payload": 1})).status_code == 202
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)  # noqa: ASYNC240 - a test's setup, instant
@@ -126,7 +126,7 @@ async def test_a_nul_byte_never_reaches_postgresql_as_an_error(start_service: An
     async with open_store(pg_url) as store:
         service = await start_service(store=store)
         transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             for method, url in NUL_REQUESTS:
                 r = await client.request(method, url)
                 assert r.status_code in (200, 404), (method, url, r.status_code, r.text)

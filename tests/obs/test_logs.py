@@ -33,7 +33,7 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 @asynccontextmanager
 async def http(service: JobService) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         yield client
 
 
@@ -166,7 +166,7 @@ async def test_a_500_still_carries_the_request_id_and_is_logged(capture_logs: Ca
     request id, the error line and the access line carry it, the metric counts a 500."""
     out = capture_logs("json")
 
-    async def broken(job_id: str) -> Job:
+    async def broken(job_id: str, *, tenant: str | None = None) -> Job:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(service, "get", broken)

@@ -29,7 +29,7 @@ ServiceFactory = Callable[..., Any]
 @asynccontextmanager
 async def http(service: JobService) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         yield client
 
 

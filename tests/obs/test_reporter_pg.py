@@ -88,7 +88,7 @@ async def test_summing_the_store_wide_gauges_over_instances_counts_each_job_once
         texts = []
         for i, service in enumerate(services):
             transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
                 if i == 0:
                     job = (await client.post("/jobs", json={"task": "noop"})).json()
                     assert (await client.get(f"/jobs/{job['id']}", params={"wait": 10})).json()["state"] == "succeeded"

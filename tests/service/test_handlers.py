@@ -27,7 +27,7 @@ async def submit(service: JobService, name: str, payload: Any = None, **fields: 
 
 async def metrics(service: JobService) -> Metrics:
     transport = httpx.ASGITransport(app=create_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         return Metrics((await client.get("/metrics")).text)
 
 

@@ -861,7 +861,7 @@ async def scrape_metrics(service: JobService) -> Any:
     from jobsvc.app import create_app
 
     transport = httpx.ASGITransport(app=create_app(service))
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobsvc.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         return Metrics((await client.get("/metrics")).text)
 
 

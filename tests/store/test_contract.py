@@ -399,3 +399,102 @@ async def test_prune_deletes_only_old_final_jobs_in_batches(store: Store, monkey
 async def test_ping(store: Store) -> None:
     """A healthy store answers ping."""
     await store.ping()
+
+
+# -- tenants ---------------------------------------------------------------------------
+
+
+async def test_the_tenant_round_trips(store: Store) -> None:
+    """A job's tenant is stored and read back (None stays None), through inserts, claims and
+    outcomes."""
+    [acme] = await store.insert([claimed("t-acme", tenant="acme")])
+    [none] = await store.insert([new_job("t-none")])
+    assert acme.job.tenant == "acme" and none.job.tenant is None
+    got, other = await store.get("t-acme"), await store.get("t-none")
+    assert got is not None and same(got, claimed("t-acme", tenant="acme")) and got.tenant == "acme"
+    assert other is not None and other.tenant is None
+    [done] = await store.record([Finished(acme.job, Succeeded(1), NOW + 1)])
+    assert done is not None and done.tenant == "acme"
+    stored = await store.get("t-acme")
+    assert stored is not None and stored.tenant == "acme" and stored.state is JobState.SUCCEEDED
+
+
+async def test_idempotency_keys_are_per_tenant(store: Store) -> None:
+    """The same Idempotency-Key in two tenants (and without one) makes three jobs; within a
+    tenant it replays the first job; find looks a key up in the job's own tenant."""
+    results = await store.insert(
+        [
+            new_job("ka", idempotency_key="same", tenant="acme", fingerprint="f"),
+            new_job("kb", idempotency_key="same", tenant="globex", fingerprint="f"),
+            new_job("kn", idempotency_key="same", fingerprint="f"),
+        ]
+    )
+    assert [r.created for r in results] == [True, True, True]
+    [again] = await store.insert([new_job("ka2", idempotency_key="same", tenant="acme", fingerprint="f")])
+    assert not again.created and again.job.id == "ka"
+    [other] = await store.insert([new_job("kc", idempotency_key="same", tenant="initech", fingerprint="f")])
+    assert other.created
+    found = await store.find([new_job("x", idempotency_key="same", tenant="globex"), new_job("y", idempotency_key="same")])
+    assert [j.id if j else None for j in found] == ["kb", "kn"]
+
+
+async def test_a_job_id_held_outside_the_tenant_is_a_conflict_that_names_nothing(store: Store) -> None:
+    """Job ids are global: a tenant submitting an id that a job of no tenant holds gets a
+    Conflict that says nothing of that job (not its body, not a replay of it), even with
+    the very same body."""
+    await store.insert([new_job("taken", fingerprint="same")])
+    with pytest.raises(Conflict) as caught:
+        await store.insert([new_job("taken", tenant="acme", fingerprint="same")])
+    assert str(caught.value) == "the job id 'taken' is not available; choose another"
+    [replay] = await store.insert([new_job("taken", fingerprint="same")])  # no tenant: sees every job
+    assert not replay.created
+
+
+async def test_listings_are_filtered_by_tenant_and_keyset_paginated(store: Store) -> None:
+    """list_jobs(tenant=...) returns that tenant's jobs only, in seq order, page by page,
+    with state and task filters; tenant=None lists every job."""
+    jobs = [new_job(f"p{i}", tenant=("acme", "globex", None)[i % 3], task="even" if i % 2 == 0 else "odd") for i in range(12)]
+    await store.insert(jobs)
+    await store.modify("p3", lambda j: models.request_cancel(j, now=NOW + 1))
+    acme = [j.id for j in jobs if j.tenant == "acme"]
+    page1 = await store.list_jobs(tenant="acme", limit=2)
+    page2 = await store.list_jobs(tenant="acme", limit=2, after=page1[-1].seq)
+    page3 = await store.list_jobs(tenant="acme", limit=2, after=page2[-1].seq)
+    assert [j.id for j in page1 + page2 + page3] == acme == ["p0", "p3", "p6", "p9"]
+    assert [j.id for j in await store.list_jobs(tenant="acme", states=[JobState.CANCELLED])] == ["p3"]
+    assert [j.id for j in await store.list_jobs(tenant="acme", task="even")] == ["p0", "p6"]
+    assert [j.id for j in await store.list_jobs(tenant="nobody")] == []
+    assert len(await store.list_jobs()) == 12
+
+
+async def test_counts_by_tenant(store: Store) -> None:
+    """counts(tenant=...) counts that tenant's jobs only, kept up to date through changes;
+    counts() counts every tenant's."""
+    await store.insert([new_job("c1", tenant="acme"), new_job("c2", tenant="acme", task="u"), claimed("c3", tenant="globex"), new_job("c4")])
+    await store.modify("c1", lambda j: models.request_cancel(j, now=NOW + 1))
+    acme = await store.counts(tenant="acme")
+    assert {t: {s: n for s, n in states.items() if n} for t, states in acme.by_task.items()} == {
+        "t": {JobState.CANCELLED: 1}, "u": {JobState.PENDING: 1},
+    }
+    assert acme.waiting == 1
+    assert (await store.counts(tenant="globex")).by_state()[JobState.RUNNING] == 1
+    assert (await store.counts(tenant="nobody")).waiting == 0
+    everyone = await store.counts()
+    assert everyone.waiting == 2 and sum(everyone.by_state().values()) == 4
+
+
+async def test_modify_scoped_to_a_tenant_does_not_find_another_tenants_job(store: Store) -> None:
+    """modify(tenant=...) of another tenant's job is JobNotFound, with the message an unknown
+    id gets, and changes nothing; the job's own tenant (and no tenant) can modify it."""
+    await store.insert([new_job("mine", tenant="acme")])
+    with pytest.raises(JobNotFound) as caught:
+        await store.modify("mine", lambda j: models.request_cancel(j, now=NOW + 1), tenant="globex")
+    with pytest.raises(JobNotFound) as unknown:
+        await store.modify("nope", lambda j: j, tenant="globex")
+    assert str(caught.value) == str(unknown.value).replace("nope", "mine")
+    stored = await store.get("mine")
+    assert stored is not None and stored.state is JobState.PENDING
+    done = await store.modify("mine", lambda j: models.request_cancel(j, now=NOW + 1), tenant="acme")
+    assert done.state is JobState.CANCELLED
+    again = await store.modify("mine", lambda j: models.redrive(j, now=NOW + 2))
+    assert again.state is JobState.PENDING

@@ -133,7 +133,7 @@ def test_two_concurrent_migrations_leave_one_consistent_schema(pg_empty_url: str
     assert not errors, errors
     assert sorted(results, key=len) == [[], [name for _, name, _ in MIGRATIONS]]
     assert sql(pg_empty_url, "SELECT version FROM jobsvc_schema ORDER BY version") == [(v,) for v, _, _ in MIGRATIONS]
-    assert sql(pg_empty_url, "SELECT count(*) FROM pg_indexes WHERE tablename = 'jobs'") == [(9,)]  # 6 + pkey + 2 unique
+    assert sql(pg_empty_url, "SELECT count(*) FROM pg_indexes WHERE tablename = 'jobs'") == [(11,)]  # 8 + pkey + 2 unique
 
 
 async def test_schema_ahead_of_the_code_is_a_config_error(pg_url: str) -> None:
@@ -529,7 +529,7 @@ async def test_migration_2_counts_the_jobs_already_there(pg_empty_url: str) -> N
             "SELECT 'old' || i, 't', CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'dead' END, 'null', 5, 0, 0, 0 "
             "FROM generate_series(1, 7) i"
         )
-    assert await migrate(pg_empty_url) == ["counts by task and state, kept by triggers"]
+    assert (await migrate(pg_empty_url))[0] == "counts by task and state, kept by triggers"
     async with open_postgres_store(pg_empty_url) as store:
         counts = (await store.counts()).by_state()
         assert (counts[JobState.PENDING], counts[JobState.DEAD]) == (3, 4)

@@ -253,7 +253,7 @@ def test_fingerprint_ignores_key_order_for_any_payload(payload: dict[str, Any], 
 
 PUBLIC_KEYS = {
     "id", "task", "state", "payload", "priority", "attempts", "max_attempts", "rescues", "timeout", "run_at",
-    "created_at", "updated_at", "finished_at", "result", "errors", "idempotency_key", "cancel_requested",
+    "created_at", "updated_at", "finished_at", "result", "errors", "idempotency_key", "cancel_requested", "tenant",
 }
 
 
@@ -272,7 +272,7 @@ def test_job_to_json_is_an_allow_list() -> None:
         "rescues": 1, "timeout": 9.0, "run_at": "1970-01-01T00:00:10Z", "created_at": "1970-01-01T00:00:00Z",
         "updated_at": "1970-01-01T00:00:11.500000Z", "finished_at": None, "result": None,
         "errors": [{"attempt": 1, "at": "1970-01-01T00:00:05.250000Z", "type": "Boom", "message": "bad"}],
-        "idempotency_key": "k", "cancel_requested": False,
+        "idempotency_key": "k", "cancel_requested": False, "tenant": None,
     }
     text = json.dumps(out)
     for secret in ("secret-fingerprint", "host:123:abc", "lease"):

@@ -32,6 +32,12 @@ DEFAULTS = {
     "migrate": False,
     "log_level": "info",
     "log_format": "auto",
+    "auth_file": None,
+    "insecure_no_auth": False,
+    "allowed_hosts": (),
+    "key_rate": 100.0,
+    "key_burst": 200,
+    "key_max_pending": 0,
 }
 
 
