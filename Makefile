@@ -15,13 +15,14 @@ STAMP := $(VENV)/.installed-stamp
 FAULTS_SCALE ?= full
 FAULTS_REPORT ?= tests/faults/REPORT.md
 
-.PHONY: help install run test test-fast tools pg bench lint clean faults
+.PHONY: help install run test test-fast tools pg bench lint clean faults screenshots
 
 help:
 	@echo "make run    start jobsvc on http://$(BIND) (SQLite $(DB), demo tasks); Ctrl-C drains and stops it"
 	@echo "make test   create/update the virtualenv, install the test tools, run the whole suite with coverage"
 	@echo "make lint   ruff and mypy --strict"
-	@echo "make tools  install what tests/deploy runs when missing: promtool, docker-compose (Debian, needs root)"
+	@echo "make tools  install what the tests run when missing: promtool, docker-compose, chromium (Debian, needs root)"
+	@echo "make screenshots  run the dashboard's browser test and copy its screenshots to docs/img/"
 	@echo "make bench  run the benchmarks: bench/RESULTS.md, bench/results-postgres.json"
 	@echo "make faults run the fault campaign (FAULTS_SCALE=full|medium|short): tests/faults/REPORT.md"
 
@@ -44,8 +45,10 @@ install: $(STAMP)
 run: $(RUN_STAMP)
 	exec $(BIN)/jobsvc serve --bind $(BIND) --db $(DB) --tasks jobsvc.demo
 
-# promtool (from Debian's prometheus package) and docker-compose for tests/deploy; hadolint
-# comes with the test extra. The tests install nothing: they fail, naming this target.
+# promtool (from Debian's prometheus package) and docker-compose for tests/deploy, chromium
+# (Debian's) for the dashboard's browser test; hadolint and playwright (the Python package
+# only: never `playwright install`) come with the test extra. The tests install nothing:
+# they fail, naming this target.
 tools: $(STAMP)
 	@.ci/install-tools $(BIN)
 
@@ -68,8 +71,25 @@ test: $(STAMP) tools pg
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m 'not e2e and not postgres and not deploy' -q $(PYTEST_ARGS)
 
-bench: $(STAMP) pg
-	$(BIN)/python bench/run.py
+# The dashboard's pages photographed by tests/ui/test_browser.py (also in tests/artifacts/ui/).
+screenshots: $(STAMP) tools
+	UI_SCREENSHOTS_DIR=docs/img $(BIN)/python -m pytest tests/ui/test_browser.py -q $(PYTEST_ARGS)
+
+# jobsvc beside dramatiq, arq (Redis) and procrastinate (PostgreSQL) (bench/peers.py), the
+# engine's scenarios at 1,000,000 jobs (bench/engine.py), both included in bench/RESULTS.md;
+# then the PostgreSQL store's own (bench/RESULTS-postgres.md). About 40 minutes on 2 cores.
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) pg
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q wrk >/dev/null; } || { echo "bench/peers.py needs wrk (Debian's wrk package)" >&2; exit 1; }
+	@redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 || { echo "bench/peers.py needs Redis on 127.0.0.1:6379" >&2; exit 1; }
+	$(BIN)/python bench/peers.py --md bench/.peers.md --json bench/results-peers.json
+	$(BIN)/python bench/engine.py --md bench/.engine.md --json bench/results-engine.json
+	$(BIN)/python bench/run.py --append bench/.peers.md --append bench/.engine.md
 	$(BIN)/python bench/bench_pg.py --json bench/results-postgres.json
 
 # The fault campaign (tests/faults): real jobsvc processes killed, starved of disk, of their

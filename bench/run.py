@@ -3,6 +3,9 @@
     python bench/run.py                 # writes bench/RESULTS.md next to this file
     python bench/run.py --out FILE      # somewhere else
     python bench/run.py --json FILE     # also the raw numbers as JSON
+    python bench/run.py --append FILE   # add the markdown of another benchmark (make bench:
+                                        # bench/peers.py's and bench/engine.py's) before
+                                        # the raw numbers; repeatable
 
 Loopback only; every section has fixed counts and deadlines (the whole run takes well
 under three minutes on 2 cores).
@@ -171,12 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--append", type=Path, action="append", default=[], help="markdown of another benchmark to include")
     args = parser.parse_args(argv)
     info = machine()
     t0 = time.monotonic()
     results = bench_http.run_all()
     wall = time.monotonic() - t0
-    args.out.write_text(render(info, results, wall), encoding="utf-8")
+    text = render(info, results, wall)
+    if args.append:
+        head, raw = text.split("## Raw numbers", 1)
+        extra = "".join(path.read_text(encoding="utf-8").rstrip() + "\n\n" for path in args.append)
+        text = f"{head}{extra}## Raw numbers{raw}"
+    args.out.write_text(text, encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2), encoding="utf-8")
     print(f"wrote {args.out} ({wall:.0f} s)")

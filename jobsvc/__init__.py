@@ -25,7 +25,8 @@ Layout (arrows point at what a module may import; the pure modules import no tri
     app      the Starlette routes (create_app(service)) and ACCESS, a rule per route;
              guard: Host, browser protections, keys, scopes and rates before any route;
              middleware: request ids, access log, HTTP metrics; metrics: the
-             PrometheusObserver and /metrics; logs: structlog rendering (JSON or console)
+             PrometheusObserver and /metrics; logs: structlog rendering (JSON or console);
+             dashboard/: the web UI mounted at /ui (pages, live updates, sessions)
       ^
     server   run_service: hypercorn + open_service + signals (SIGHUP: keys reloaded);
              asgi: the hypercorn CLI entry

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from . import codec, openapi
 from .auth import Authenticator, Principal, redact_keys
+from .dashboard import create_dashboard
 from .errors import (
     BadRequest,
     InvalidJob,
@@ -399,6 +400,10 @@ ACCESS: dict[str, Rule] = {
     "ready": Rule(None, probe=True),
     # a static page with no data (it asks for a key to read openapi.json); a link may lead to it
     "docs_page": Rule(None, same_origin=False, json_only=False),
+    # the web dashboard: HTML forms; it signs its users in itself (API key -> signed session
+    # cookie, SameSite=Strict) and checks a CSRF token on every form; a link may lead to its
+    # pages, but a form posted by another site's page is refused before the CSRF check
+    "ui": Rule(None, cross_site_reads=True, json_only=False),
 }
 
 
@@ -431,8 +436,11 @@ def create_app(service: JobService, *, auth: Authenticator | None = None) -> Sta
         Exception: server_error,
     }
     app = ObservedStarlette(routes=routes, exception_handlers=handlers)  # request ids, access log, HTTP metrics
-    # the guard before any route, reading the router's own list of routes: a route mounted
-    # here later (the dashboard: Mount("/ui", ..., name="ui")) needs its rule in ACCESS too
+    app.state.service = service
+    app.state.auth = auth
+    app.mount("/ui", create_dashboard(app), name="ui")  # the web dashboard (jobsvc/dashboard)
+    # the guard before any route, reading the router's own list of routes (the /ui mount
+    # included: every route needs its rule in ACCESS)
     app.add_middleware(
         Guard,
         auth=auth,
@@ -443,6 +451,4 @@ def create_app(service: JobService, *, auth: Authenticator | None = None) -> Sta
         render=error_response,
     )
     check_rules(app.routes, ACCESS)  # now, not at the first request
-    app.state.service = service
-    app.state.auth = auth
     return app

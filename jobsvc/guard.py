@@ -72,6 +72,9 @@ class Rule:
     #: refuse requests made by pages of other sites (Origin, Sec-Fetch-Site); False for a
     #: page a link on another site may lead to
     same_origin: bool = True
+    #: with ``same_origin``: GET and HEAD may still come from other sites (a link to a page),
+    #: only writes (a form posted by another site's page) are refused
+    cross_site_reads: bool = False
     #: bodies must be JSON (False: a route that takes HTML forms, such as the dashboard's)
     json_only: bool = True
     #: a health probe: none of the checks apply
@@ -190,7 +193,7 @@ class Guard:
                     "no API keys are configured, so jobsvc answers on loopback addresses only; "
                     "configure keys (--auth-file) to serve this address"
                 )
-        if rule.same_origin:
+        if rule.same_origin and not (rule.cross_site_reads and scope.get("method") in _SAFE_METHODS):
             self._same_origin_only(headers, host)
         if rule.json_only:
             self._json_only(scope, headers)

@@ -527,7 +527,7 @@ def build_document(routes: Iterable[Any], tasks: list[dict[str, Any]]) -> dict[s
     access = _access()
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        if not isinstance(route, Route):  # pragma: no cover - the app has only Routes
+        if not isinstance(route, Route):  # the dashboard's Mount: HTML pages, not the API
             continue
         name = getattr(route.endpoint, "__name__", repr(route.endpoint))
         if name not in ops:

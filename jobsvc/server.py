@@ -71,6 +71,12 @@ class Running:
         self.service.begin_shutdown()
 
 
+#: Seconds an idle keep-alive connection is kept, and (hypercorn runs the same timer from the
+#: connection's start until its request's headers are in) the deadline for a request's headers:
+#: a slowloris connection holds a descriptor for at most this long.
+KEEP_ALIVE_TIMEOUT = 5
+
+
 def hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [settings.bind]
@@ -79,7 +85,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.include_server_header = False
     config.graceful_timeout = settings.grace
     config.read_timeout = 30  # per receive: a client that goes silent is dropped
-    config.keep_alive_timeout = 5
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
     return config
 
 

