@@ -398,6 +398,30 @@ def open_fds(pid: int) -> int | None:
         return None
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """The process's open descriptors by kind (``socket``, ``pipe``, a file's name...), and
+    its TCP sockets by state (``tcp:ESTAB``...), for a report that says what was held."""
+    kinds: Counter[str] = Counter()
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+                kinds[re.sub(r":\[\d+\]$", "", target)] += 1
+    except OSError:
+        return {}
+    states = {"01": "ESTAB", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as f:
+            for line in list(f)[1:]:
+                cols = line.split()
+                if len(cols) > 9 and cols[9] in inodes:
+                    kinds[f"tcp:{states.get(cols[3], cols[3])}"] += 1
+    return dict(kinds)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
