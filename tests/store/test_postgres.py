@@ -195,6 +195,30 @@ async def test_claims_walk_the_due_index_without_sorting(store: PostgresStore, p
     assert [j.priority for j in got] == [1] * 8 and all(j.run_at <= NOW for j in got)
 
 
+async def test_finding_jobs_by_id_or_idempotency_key_uses_their_indexes(store: PostgresStore, pg_url: str) -> None:
+    """The lookup behind a replay (and behind every refusal above --max-pending) reads the
+    primary key and the idempotency index, never the whole table: with 20,000 jobs it has
+    no sequential scan even when the planner would rather do one, and it finds both kinds."""
+    sql(
+        pg_url,
+        "INSERT INTO jobs (id, task, state, payload, priority, max_attempts, run_at, created_at, updated_at, idempotency_key) "
+        "SELECT 'bulk' || i, 't', 'pending', 'null', 0, 5, %s, %s, %s, CASE WHEN i %% 2 = 0 THEN 'key' || i END "
+        "FROM generate_series(1, 20000) i",
+        (NOW, NOW, NOW),
+    )
+    sql(pg_url, "ANALYZE jobs")
+    from jobsvc.store import postgres
+
+    params = {"ids": ["bulk7", "nope"], "tenants": ["", ""], "keys": ["key10", "nokey"]}
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + postgres._SQL_EXISTING, params))
+    assert "Seq Scan on jobs" not in plan, plan
+    wanted = [make_job("bulk7"), make_job("other", key="key10"), make_job("none", key="nokey")]
+    found = await store.find(wanted)
+    assert [None if j is None else j.id for j in found] == ["bulk7", "bulk10", None]
+
+
 async def test_two_instances_claiming_concurrently_never_share_a_job(pg_url: str) -> None:
     async with open_postgres_store(pg_url, pool_size=4) as a, open_postgres_store(pg_url, pool_size=4) as b:
         await a.insert([make_job(f"j{i:03}", priority=i % 3) for i in range(200)])
