@@ -183,6 +183,7 @@ def submission_and_end_to_end(target: Target, params: Params) -> dict[str, Any]:
         except TimeoutError as exc:
             return {"submission": submission, "end_to_end": {"error": str(exc), "finished": target.finished(), "unfinished": target.unfinished()}}
         accepted = target.finished()
+        store_stats = target.store_stats() if isinstance(target, JobsvcTarget) else None
     end_to_end = {
         "accepted": accepted,
         "wrk_2xx": result.ok,
@@ -193,6 +194,11 @@ def submission_and_end_to_end(target: Target, params: Params) -> dict[str, Any]:
         "jobs_per_s": round(accepted / (t_all - t0), 1),
         "longest_count_ms": round(timing["longest_call_ms"], 1),
     }
+    if store_stats and accepted:
+        # jobsvc's writer: operations (inserts, claims, outcomes...) and commits per job, over
+        # the whole run (start-up and the /stats polls' nothing included)
+        end_to_end["store_operations_per_job"] = round(store_stats.get("operations", 0) / accepted, 2)
+        end_to_end["store_commits_per_job"] = round(store_stats.get("commits", 0) / accepted, 3)
     return {"submission": submission, "end_to_end": end_to_end}
 
 
@@ -311,6 +317,13 @@ def render(results: dict[str, Any]) -> str:
     out += section("### Floors: the HTTP server alone (parse the JSON body, answer 202)", "server", floors, FLOOR_COLUMNS)
     out += section("### Submission: wrk saturating POST /jobs", "target", targets, SUBMISSION_COLUMNS)
     out += section("### End to end: the same run, until every accepted job finished", "target", targets, END_TO_END_COLUMNS)
+    writer = [
+        f"- {name}: {e2e['store_operations_per_job']} store operations and {e2e['store_commits_per_job']} commits per job"
+        for name, entry in targets.items()
+        if (e2e := entry.get("end_to_end") or {}).get("store_operations_per_job") is not None
+    ]
+    if writer:
+        out += ["", "jobsvc's writer over the same run (`GET /stats` `store_stats`: inserts, claims, outcomes, heartbeats; one operation may carry many jobs):", "", *writer]
     out += section(f"### Drain: {params['drain_jobs']:,} jobs waiting, then the workers start (start-up included)", "target", targets, DRAIN_COLUMNS)
     out += ["", "### jobsvc / peer, jobs/s (above 1.00x: jobsvc is faster)", ""]
     out += table(["ratio", *RATIOS], _ratio_rows(floors, targets))

@@ -102,7 +102,7 @@ def render(info: dict[str, str], r: dict[str, Any], wall: float) -> str:
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in info.items()),
         "",
-        "Everything runs on 127.0.0.1: a real `python -m jobsvc serve` (SQLite, WAL + `synchronous=FULL`, "
+        "Everything runs on 127.0.0.1: a real `python -m jobsvc serve` (SQLite, WAL; submissions synced before the answer, worker writes within `--fsync-interval`, "
         "built-in tasks only, `--workers 8` unless said otherwise, `--max-pending 1000000`, `--log-level warning`) "
         "and the load generator (httpx on trio) in the benchmark process, **on the same cores**: on a small box "
         "the client takes CPU from the server, so HTTP numbers are a floor.",

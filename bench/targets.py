@@ -284,6 +284,16 @@ class JobsvcTarget(Target):
         response.raise_for_status()
         return dict(response.json()["jobs"])
 
+    def store_stats(self) -> dict[str, Any]:
+        """This instance's store counters from ``GET /stats`` (``commits``, ``operations``...)."""
+        import httpx
+
+        if self._url is None:
+            raise RuntimeError("jobsvc is not running")
+        response = httpx.get(f"{self._url}/stats", timeout=10)
+        response.raise_for_status()
+        return dict(response.json()["instance"]["store_stats"])
+
     def finished(self) -> int:
         jobs = self.stats()
         return int(jobs["succeeded"] + jobs["dead"] + jobs["cancelled"])

@@ -629,6 +629,8 @@ class PostgresStore(Store):
         )
         self._pool_open_timeout = connect_timeout + pool_timeout
         self._limiter = trio.CapacityLimiter(pool_size)
+        self.write_transactions = 0  #: see statistics()
+        self.synced_write_transactions = 0
         self._listen_limiter = trio.CapacityLimiter(1)
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._wake = trio.Event()
@@ -673,7 +675,15 @@ class PostgresStore(Store):
         return await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=abandonable)
 
     async def _write(self, fn: Callable[[Tx], T], *, durable: bool = False) -> T:
+        self.write_transactions += 1
+        if durable:
+            self.synced_write_transactions += 1
         return await self._run(lambda conn: fn(_PgTx(conn)), durable=durable)
+
+    def statistics(self) -> dict[str, int]:
+        """Write transactions started by this instance (each is one commit), and those of them
+        committed with ``synchronous_commit = on`` (a client's write)."""
+        return {"commits": self.write_transactions, "synced_commits": self.synced_write_transactions, "operations": self.write_transactions}
 
     async def _read(self, fn: Callable[[Tx], T]) -> T:
         return await self._run(lambda conn: fn(_PgTx(conn)))

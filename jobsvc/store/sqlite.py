@@ -360,6 +360,7 @@ class SQLiteStore(Store):
         self.broken: str | None = None
         #: the last write batch failed for the database's own reasons (disk full, read-only...)
         self.write_error: str | None = None
+        self._failed_batches = 0  #: batches failed since writes last worked
         self._counts: Deltas = Counter(counts or {})
         self.fsync_interval = fsync_interval
         self._writer = writer
@@ -496,7 +497,10 @@ class SQLiteStore(Store):
                 op.error = _unavailable(cause)
                 op.deltas = None
             return False
+        if self.write_error is not None:
+            log.warning("SQLite writes work again (%d failed batch(es) since: %s)", self._failed_batches, self.write_error)
         self.write_error = None
+        self._failed_batches = 0
         self.commits += 1
         self.operations += len(batch)
         self.synced_commits += durable
@@ -505,8 +509,13 @@ class SQLiteStore(Store):
     def _failed(self, exc: Exception) -> None:
         """A batch failed for the database's own reasons: remember it (readiness), and on a
         full disk give back the space the WAL holds, so writes can go on once there is room."""
+        # Logged when writes start failing (or fail differently), not at every batch: a
+        # full disk under load would write a line per request. /ready and
+        # jobsvc_store_errors_total say it goes on; the line above says when it ends.
+        if self.write_error != str(exc):
+            log.warning("SQLite writes are failing: %s", exc)
         self.write_error = str(exc)
-        log.warning("SQLite writes are failing: %s", exc)
+        self._failed_batches += 1
         if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
             try:
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -219,6 +219,20 @@ async def test_finding_jobs_by_id_or_idempotency_key_uses_their_indexes(store: P
     assert [None if j is None else j.id for j in found] == ["bulk7", "bulk10", None]
 
 
+async def test_statistics_count_write_transactions_and_the_synced_ones(store: PostgresStore) -> None:
+    """/stats' store_stats on PostgreSQL: every write transaction (= one commit), and which
+    were synced (a client's write) rather than committed with synchronous_commit off."""
+    before = store.statistics()
+    await store.insert([make_job("s1"), make_job("s2")])  # a submission: synced
+    claimed = await claim_all(store, owner="w", limit=2)  # a claim: synced on a shared store
+    middle = store.statistics()
+    await store.record([Finished(job, Succeeded("ok"), NOW + 1) for job in claimed])  # outcomes: not synced
+    after = store.statistics()
+    assert middle["synced_commits"] - before["synced_commits"] == middle["commits"] - before["commits"] >= 2
+    assert (after["commits"] - middle["commits"], after["synced_commits"] - middle["synced_commits"]) == (1, 0)
+    assert after["operations"] == after["commits"]
+
+
 async def test_two_instances_claiming_concurrently_never_share_a_job(pg_url: str) -> None:
     async with open_postgres_store(pg_url, pool_size=4) as a, open_postgres_store(pg_url, pool_size=4) as b:
         await a.insert([make_job(f"j{i:03}", priority=i % 3) for i in range(200)])

@@ -8,6 +8,7 @@ cannot grow: "database or disk is full")."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,6 +65,24 @@ async def test_readiness_follows_failing_writes_and_comes_back(sqlite: SQLiteSto
     assert sqlite.write_error is None
     assert (await sqlite.insert([job("accepted")]))[0].created
     assert await sqlite.get("refused") is None
+
+
+async def test_failing_writes_are_logged_when_they_start_and_when_they_end(sqlite: SQLiteStore, caplog: pytest.LogCaptureFixture) -> None:
+    """One WARNING when writes start failing, not one per batch (a full disk under load
+    wrote a line per request: 96 MB of log in the fault campaign), and one when they work
+    again, with the number of batches that failed meanwhile."""
+    caplog.set_level(logging.WARNING, logger="jobsvc")
+    sqlite._writer.execute("PRAGMA query_only = ON")
+    for i in range(5):
+        with pytest.raises(StoreUnavailable):
+            await sqlite.insert([job(f"refused{i}")])
+    sqlite._writer.execute("PRAGMA query_only = OFF")
+    await sqlite.insert([job("accepted")])
+    await sqlite.insert([job("accepted too")])
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("jobsvc")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("SQLite writes are failing: attempt to write a readonly database")
+    assert lines[1].startswith("SQLite writes work again (5 failed batch(es) since: attempt to write a readonly database")
 
 
 async def test_a_full_database_refuses_then_recovers(sqlite: SQLiteStore) -> None:
