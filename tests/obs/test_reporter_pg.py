@@ -26,7 +26,9 @@ def lock_holder(url: str) -> int | None:
     with admin_connect(url) as conn:
         row = conn.execute(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND ((classid::bigint << 32) | objid::bigint) = %s AND objsubid = 1",
+            "AND ((classid::bigint << 32) | objid::bigint) = %s AND objsubid = 1 "
+            # advisory locks are per database: another test database's reporter is not ours
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             (REPORTER_LOCK,),
         ).fetchone()
     return None if row is None else int(row[0])
