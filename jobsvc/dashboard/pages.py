@@ -30,6 +30,7 @@ from .. import codec
 from ..errors import JobNotFound, JobsvcError
 from ..models import Job, JobState
 from .context import Dashboard, LoginRequired, base_of, duration, first, iso_time, read_form
+from .session import Session
 
 __all__ = ["MAX_BULK", "PAGE_SIZE", "Pages"]
 
@@ -44,6 +45,18 @@ STATES = [state.value for state in JobState]
 
 def _dashboard(request: Request) -> Dashboard:
     return request.app.state.dashboard  # type: ignore[no-any-return]
+
+
+async def _signed_in_form(request: Request) -> tuple[Dashboard, dict[str, list[str]], Session]:
+    """The dashboard, the posted form and its session, for the login and logout forms:
+    403 unless the form carries its session's CSRF token (a post without a session cookie
+    has none)."""
+    dash = _dashboard(request)
+    form = await read_form(request)
+    session, set_cookie = dash.session_of(request)
+    if set_cookie is not None or not dash.sessions.csrf_ok(session, first(form, "csrf")):
+        raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and try again")
+    return dash, form, session
 
 
 def _job_id(request: Request) -> str:
@@ -199,11 +212,7 @@ class Pages:
         )
 
     async def login(self, request: Request) -> Response:
-        dash = _dashboard(request)
-        form = await read_form(request)
-        session, set_cookie = dash.session_of(request)
-        if set_cookie is not None or not dash.sessions.csrf_ok(session, first(form, "csrf")):
-            raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and try again")
+        dash, form, session = await _signed_in_form(request)
         base = base_of(request)
         if not dash.auth.enabled:
             return RedirectResponse(f"{base}/", status_code=303)
@@ -220,11 +229,7 @@ class Pages:
         return response
 
     async def logout(self, request: Request) -> Response:
-        dash = _dashboard(request)
-        form = await read_form(request)
-        session, set_cookie = dash.session_of(request)
-        if set_cookie is not None or not dash.sessions.csrf_ok(session, first(form, "csrf")):
-            raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and try again")
+        dash, _, session = await _signed_in_form(request)
         dash.sessions.end(session)
         base = base_of(request)
         response = RedirectResponse(f"{base}/login" if dash.auth.enabled else f"{base}/", status_code=303)
