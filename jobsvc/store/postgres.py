@@ -681,8 +681,9 @@ class PostgresStore(Store):
         return await self._run(lambda conn: fn(_PgTx(conn)), durable=durable)
 
     def statistics(self) -> dict[str, int]:
-        """Write transactions started by this instance (each is one commit), and those of them
-        committed with ``synchronous_commit = on`` (a client's write)."""
+        """Write transactions started by this instance (each commits once, unless it fails),
+        and those of them run with ``synchronous_commit = on``: a client's write, and claims
+        (see :meth:`Store.claim`)."""
         return {"commits": self.write_transactions, "synced_commits": self.synced_write_transactions, "operations": self.write_transactions}
 
     async def _read(self, fn: Callable[[Tx], T]) -> T:
