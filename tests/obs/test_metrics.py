@@ -183,6 +183,26 @@ async def test_only_the_reporter_exports_the_store_wide_gauges(start_service: Se
     assert m.value("jobsvc_store_operation_duration_seconds_count", operation="next_run_at") is None
 
 
+async def test_the_metrics_spec_names_exactly_what_metrics_exports(service: JobService) -> None:
+    """deploy/metrics-spec.md, which every Grafana panel and alert expression is checked
+    against (tests/deploy), names the jobsvc_ families a real /metrics exports, no more and
+    no fewer, with their types; and its process_*/python_* rows are exported too. So the
+    dashboard and the alerts name only metrics that exist."""
+    import re
+
+    from deploy.deploy_support import spec_metrics
+
+    async with http(service) as client:
+        await final(client, await submit(client, {"task": "noop"}))
+        text = (await scrape(client)).text
+    exported = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    spec, prefixes = spec_metrics()
+    ours = {name: kind for name, kind in exported.items() if name.startswith("jobsvc_")}
+    assert set(ours) == set(spec), f"exported, not in the spec: {sorted(set(ours) - set(spec))}; in the spec, not exported: {sorted(set(spec) - set(ours))}"
+    assert {name: kind for name, kind in ours.items() if spec[name] != kind} == {}
+    assert prefixes and all(any(name.startswith(prefix) for name in exported) for prefix in prefixes)
+
+
 def test_snapshot_rendering_of_a_reporter() -> None:
     """The scrape-time gauges come from the snapshot: every state of every task, and the age."""
     text = PrometheusObserver().render(
