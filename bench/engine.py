@@ -8,7 +8,7 @@ parameterised by counts (:class:`Params`; ``--quick`` runs them small):
 
 * *latency at half capacity* (:func:`latency_at_half`): wrk saturates ``POST /jobs`` (noop) for
   ``saturation_s`` seconds to find the accepted jobs/s R; once those jobs are done, an
-  open-loop client (trio + httpx, in this process) sends ``stamp`` jobs at R/2 for ``paced_s``
+  open-loop client (raw trio sockets, in this process) sends ``stamp`` jobs at R/2 for ``paced_s``
   seconds, each carrying its send time; ``stamp`` (``benchtasks.py``) returns ``time.time()``
   at handler start, so latency = handler start - client send, p50/p99/max in ms.
 * *big backlog drain* (:func:`backlog_drain`): ``backlog_big`` vs ``backlog_small`` due noop
@@ -101,31 +101,78 @@ def _all_done(target: JobsvcTarget, timeout: float) -> float:
 # -- latency at half capacity ----------------------------------------------------------------
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection of the paced client: a raw trio socket stream with
+    just enough parsing for jobsvc's answers (a status line, Content-Length, a body). httpx
+    needs about a millisecond of CPU per request on this machine, and the client shares
+    the server's two cores: at a few hundred requests per second it fell seconds behind
+    its own schedule, so the measured latency was the client's, not the server's."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += chunk
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head
+
+    async def post(self, request: bytes) -> str:
+        """Send one request; return the answer's status code."""
+        await self.stream.send_all(request)
+        head = await self._read_until(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        length = next((int(v) for k, _, v in (line.partition(":") for line in lines) if k.strip().lower() == "content-length"), 0)
+        while len(self.buffer) < length:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += chunk
+        self.buffer = self.buffer[length:]
+        return status_line.split(" ", 2)[1]
+
+
+def _stamp_request(port: int, sent: float) -> bytes:
+    body = json.dumps({"task": "stamp", "payload": {"sent": sent}}).encode()
+    head = f"POST /jobs HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
 async def _paced(url: str, *, rate: float, seconds: float) -> dict[str, Any]:
-    """Open loop: job i is sent at t0 + i / rate whatever the earlier ones are doing."""
+    """Open loop: job i is sent at t0 + i / rate whatever the earlier ones are doing, on an
+    idle keep-alive connection (a new one when all are busy)."""
+    port = int(url.rsplit(":", 1)[1])
     n = max(1, int(rate * seconds))
     statuses: Counter[str] = Counter()
     lags: list[float] = []
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        await client.get("/health")
+    idle: list[_Connection] = []
 
-        async def send() -> None:
-            sent = time.time()
-            try:
-                response = await client.post("/jobs", json={"task": "stamp", "payload": {"sent": sent}})
-                statuses[str(response.status_code)] += 1
-            except httpx.HTTPError as exc:
-                statuses[type(exc).__name__] += 1
+    async def send(due: float) -> None:
+        conn = idle.pop() if idle else _Connection(await trio.open_tcp_stream("127.0.0.1", port))
+        lags.append(trio.current_time() - due)  # how late the request leaves
+        try:
+            statuses[await conn.post(_stamp_request(port, time.time()))] += 1
+        except (OSError, ConnectionError, trio.BrokenResourceError) as exc:
+            statuses[type(exc).__name__] += 1
+            await conn.stream.aclose()
+        else:
+            idle.append(conn)
 
-        t0 = trio.current_time() + 0.05
+    t0 = trio.current_time() + 0.05
+    try:
         async with trio.open_nursery() as nursery:
             for i in range(n):
                 due = t0 + i / rate
                 await trio.sleep_until(due)
-                lags.append(trio.current_time() - due)
-                nursery.start_soon(send)
-    return {"sent": n, "statuses": dict(statuses), "max_send_lag_ms": round(max(lags) * 1000, 1)}
+                nursery.start_soon(send, due)
+    finally:
+        for conn in idle:
+            await conn.stream.aclose()
+    return {"sent": n, "statuses": dict(statuses), "max_send_lag_ms": round(max(lags) * 1000, 1), "connections": len(idle)}
 
 
 def _stamp_latencies_ms(url: str) -> list[float]:
@@ -303,7 +350,7 @@ def render(results: dict[str, Any]) -> str:
     p, by_store = results["params"], results["stores"]
     quick = " (QUICK run: tiny counts and durations, noisy; do not quote)" if results["quick"] else ""
     out = [f"## jobsvc engine scenarios{quick}", "", *machine_section(results["machine"]), "", SHARED_CORES_NOTE, ""]
-    out.append(f"jobsvc: `{results['command']}`; the latency client is trio + httpx in the harness process.")
+    out.append(f"jobsvc: `{results['command']}`; the latency client is raw trio sockets (keep-alive connections) in the harness process.")
     out += section(
         f"### Latency at half capacity: wrk {p['connections']} connections for {p['saturation_s']:g} s, then {p['paced_s']:g} s open loop at half that rate",
         "store", _done(by_store, "latency"), LATENCY_COLUMNS,

@@ -10,6 +10,16 @@ Theory of operation
   in :mod:`jobsvc.store.base`: every state change is computed by :mod:`jobsvc.models` and
   written fenced (``WHERE id = ? AND state = ? AND lease_token = ? AND cancel_requested = ?``)
   in ONE statement for a whole batch (``UPDATE ... FROM unnest(...)``).
+* **Group commit.** Durable writes (a submission, a cancel, a redrive, a claim) that callers
+  make at the same time share one transaction: the first caller to find a free slot runs
+  whatever is queued (up to ``MAX_GROUP`` operations; at most ``group_slots`` such batches
+  at once) and the others wait for its commit. PostgreSQL pays its per-transaction cost
+  (BEGIN, COMMIT, a WAL flush, a pooled connection and a thread hop) once per batch instead
+  of once per request. The operations run one after another without savepoints; if one
+  raises (a Conflict, a failed statement), the whole transaction is rolled back and the
+  batch runs again with a ``SAVEPOINT`` around each operation, so one caller's error never
+  undoes another's write. A batch (like any transaction) that PostgreSQL aborts for a
+  deadlock or a serialization failure is run again, up to ``TX_RETRIES`` times.
 * **Claims.** Due jobs are picked one priority level at a time (``priority = p AND run_at <=
   now ORDER BY run_at, seq LIMIT n FOR UPDATE SKIP LOCKED`` on the partial index
   ``jobs_due``), so concurrent instances never claim the same job nor wait for each other,
@@ -25,9 +35,10 @@ Theory of operation
 * **Tenants.** ``tenant`` is ``''`` for a job without one, so that idempotency keys are unique
   per tenant with one plain unique index (NULLs would all be distinct). The tenant indexes are
   partial (``WHERE tenant <> ''``): a service without tenants does not pay for them.
-* **Durability.** A client's write (a submission, a cancel, a redrive) commits with
-  ``synchronous_commit = on``. Worker-side writes (claims, outcomes, heartbeats, rescues)
-  use ``synchronous_commit = off`` unless ``fsync_interval`` is 0: the server flushes them
+* **Durability.** A client's write (a submission, a cancel, a redrive) and a claim (see
+  :meth:`Store.claim`) commit with ``synchronous_commit = on``. The other worker-side writes
+  (outcomes, heartbeats, rescues) use ``synchronous_commit = off`` unless
+  ``fsync_interval`` is 0: the server flushes them
   within ``3 x wal_writer_delay`` (0.6 s by default); a crash of the *server* may forget
   them, and those attempts run again.
 * **Wake-ups.** A transaction that makes a job claimable runs ``pg_notify('jobsvc_jobs', '')``
@@ -66,6 +77,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import attrs
 import psycopg
 import psycopg.conninfo
 import trio
@@ -76,7 +88,7 @@ from ..codec import JOB_FIELDS, job_from_row
 from ..errors import ConfigError, StoreUnavailable
 from ..models import Job, JobState
 from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE, insert_values, writable_values
-from .base import AttemptKey, Counts, Store, Tx
+from .base import AttemptKey, Counts, InsertResult, Store, Tx, insert_jobs
 
 __all__ = [
     "CHANNEL",
@@ -102,6 +114,10 @@ SCHEMA_TABLE = "jobsvc_schema"
 
 #: Counter rows per (task, state): one per shard, chosen by the writing backend.
 COUNT_SHARDS = 32
+#: Most operations one group-committed transaction carries.
+MAX_GROUP = 64
+#: Tries of a transaction that PostgreSQL aborted for a deadlock or a serialization failure.
+TX_RETRIES = 3
 
 # --------------------------------------------------------------------------- migrations
 
@@ -468,6 +484,10 @@ class _PgTx:
             self._conn.execute(_SQL_NOTIFY, (CHANNEL,))
             self._notified = True
 
+    def forget_notify(self) -> None:
+        """The NOTIFY sent (if any) was rolled back with a savepoint."""
+        self._notified = False
+
 
 # --------------------------------------------------------------------------- connections
 
@@ -524,20 +544,62 @@ def _unavailable(exc: BaseException, url: str) -> StoreUnavailable:
     return StoreUnavailable(f"PostgreSQL at {_display(url)} is unavailable: {first}")
 
 
+def _translate(exc: Exception, url: str) -> Exception:
+    """The exception a caller sees for ``exc``: StoreUnavailable for connection-level
+    psycopg errors, ``exc`` itself for the others."""
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return StoreUnavailable(f"PostgreSQL at {_display(url)} has no jobsvc tables ({exc}); run `jobsvc migrate --db URL`")
+    # OperationalError covers lost connections, timeouts (PoolTimeout, QueryCanceled), server
+    # shutdown (AdminShutdown), serialization failures and deadlocks; ReadOnlySqlTransaction:
+    # connected to a standby after a failover.
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.ReadOnlySqlTransaction)):
+        return _unavailable(exc, url)
+    return exc
+
+
 def _guard(url: str, fn: Callable[[], T]) -> T:
     """Run ``fn``; turn connection-level psycopg errors into StoreUnavailable."""
     try:
         return fn()
-    except psycopg.errors.UndefinedTable as exc:
-        raise StoreUnavailable(
-            f"PostgreSQL at {_display(url)} has no jobsvc tables ({exc}); run `jobsvc migrate --db URL`"
-        ) from exc
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        # OperationalError covers lost connections, timeouts (PoolTimeout, QueryCanceled),
-        # server shutdown (AdminShutdown), serialization failures and deadlocks.
-        raise _unavailable(exc, url) from exc
-    except psycopg.errors.ReadOnlySqlTransaction as exc:  # connected to a standby after failover
-        raise _unavailable(exc, url) from exc
+    except psycopg.Error as exc:
+        translated = _translate(exc, url)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+#: A transaction PostgreSQL aborted so that another could go on: running it again is safe.
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+def _retrying(fn: Callable[[], T]) -> T:
+    """Run the transaction ``fn`` again (up to TX_RETRIES times in all) while PostgreSQL aborts
+    it for a deadlock or a serialization failure: nothing of it was committed."""
+    for attempt in range(1, TX_RETRIES + 1):
+        try:
+            return fn()
+        except _RETRYABLE as exc:
+            if attempt == TX_RETRIES:
+                raise
+            log.info("PostgreSQL aborted a transaction (%s); running it again", type(exc).__name__)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: The errors after which a connection (and so the whole transaction) is gone.
+_CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@attrs.define(eq=False)
+class _GroupOp:
+    """One durable write waiting for (or part of) a group-committed transaction."""
+
+    fn: Callable[[Tx], Any]
+    #: set for a plain insert: the inserts of one batch are written by one statement
+    jobs: Sequence[Job] | None = None
+    done: trio.Event = attrs.field(factory=trio.Event)
+    taken: bool = False  #: a batch holds it: it will end committed or failed, not queued
+    result: Any = None
+    error: BaseException | None = None
 
 
 # --------------------------------------------------------------------------- migrations API
@@ -631,6 +693,14 @@ class PostgresStore(Store):
         self._limiter = trio.CapacityLimiter(pool_size)
         self.write_transactions = 0  #: see statistics()
         self.synced_write_transactions = 0
+        self.write_operations = 0
+        #: durable writes waiting for a group commit, and the batches being committed
+        self._group: list[_GroupOp] = []
+        self._groups_running = 0
+        self._group_done = trio.Event()
+        #: how many group-committed transactions may run at once (the rest of the pool
+        #: serves claims, outcomes and reads)
+        self.group_slots = max(1, pool_size // 4)
         self._listen_limiter = trio.CapacityLimiter(1)
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._wake = trio.Event()
@@ -670,21 +740,116 @@ class PostgresStore(Store):
                         conn.execute("SET LOCAL synchronous_commit = off")
                     return fn(conn)
 
-            return _guard(self._url, tx)
+            return _guard(self._url, lambda: _retrying(tx))
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=abandonable)
 
     async def _write(self, fn: Callable[[Tx], T], *, durable: bool = False) -> T:
-        self.write_transactions += 1
         if durable:
-            self.synced_write_transactions += 1
-        return await self._run(lambda conn: fn(_PgTx(conn)), durable=durable)
+            return await self._group_write(fn)  # type: ignore[no-any-return]
+        self.write_transactions += 1
+        self.write_operations += 1
+        return await self._run(lambda conn: fn(_PgTx(conn)), durable=False)
+
+    # -- group commit (see "Group commit" above)
+
+    async def insert(self, jobs: Sequence[Job]) -> list[InsertResult]:
+        if not jobs:
+            return []
+        return await self._group_write(lambda tx: insert_jobs(tx, jobs), jobs=jobs)  # type: ignore[no-any-return]
+
+    async def _group_write(self, fn: Callable[[Tx], Any], *, jobs: Sequence[Job] | None = None) -> Any:
+        if self._closed:
+            raise StoreUnavailable("the PostgreSQL store is closed")
+        op = _GroupOp(fn, jobs)
+        self._group.append(op)
+        try:
+            while not op.taken:
+                if self._groups_running < self.group_slots:
+                    await self._commit_group()  # this caller leads the next batch
+                else:
+                    await self._group_done.wait()
+        except BaseException:
+            if not op.taken:  # cancelled while queued: nothing of it was written
+                self._group.remove(op)
+            raise
+        with trio.CancelScope(shield=True):  # another caller runs our write: wait for its end
+            await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    async def _commit_group(self) -> None:
+        batch, self._group[:MAX_GROUP] = self._group[:MAX_GROUP], []
+        for op in batch:
+            op.taken = True
+        self._groups_running += 1
+        self.write_transactions += 1
+        self.synced_write_transactions += 1
+        self.write_operations += len(batch)
+        try:
+            # not abandonable: a caller that is cancelled meanwhile still gets its answer
+            await trio.to_thread.run_sync(self._run_group, batch, limiter=self._limiter)
+        finally:
+            self._groups_running -= 1
+            for op in batch:
+                op.done.set()
+            self._group_done.set()
+            self._group_done = trio.Event()
+
+    def _run_group(self, batch: list[_GroupOp]) -> None:
+        """In a worker thread: commit the batch in one transaction. Never raises: each
+        operation ends with its result or its error."""
+        try:
+            _guard(self._url, lambda: _retrying(lambda: self._group_tx(batch)))
+        except Exception as exc:  # the transaction failed as a whole: nothing was written
+            for op in batch:
+                op.result = None
+                op.error = StoreUnavailable(str(exc)) if isinstance(exc, StoreUnavailable) else exc
+
+    def _group_tx(self, batch: list[_GroupOp]) -> None:
+        try:  # the common case: nothing fails, no savepoints needed
+            with self._pool.connection() as conn:
+                results = self._run_merged(_PgTx(conn), batch)
+        except _CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # rolled back: run the batch again, each op isolated
+            if len(batch) == 1:
+                batch[0].result, batch[0].error = None, _translate(exc, self._url)
+                return
+        else:
+            for op, result in zip(batch, results, strict=True):
+                op.result, op.error = result, None
+            return
+        with self._pool.connection() as conn:
+            tx = _PgTx(conn)
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    op.result, op.error = op.fn(tx), None
+                except _CONNECTION_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    conn.execute("ROLLBACK TO SAVEPOINT op")
+                    tx.forget_notify()  # a NOTIFY it sent was rolled back with it
+                    op.result, op.error = None, _translate(exc, self._url)
+                else:
+                    conn.execute("RELEASE SAVEPOINT op")
+
+    @staticmethod
+    def _run_merged(tx: _PgTx, batch: list[_GroupOp]) -> list[Any]:
+        """Run the batch's operations, the plain inserts first and as one :func:`insert_jobs`
+        call (one statement for all their jobs; a job that clashes with one inserted by
+        another operation of the batch finds it, as if the operations ran one by one)."""
+        inserts = [op.jobs for op in batch if op.jobs is not None]
+        merged = iter(insert_jobs(tx, [job for jobs in inserts for job in jobs]) if inserts else [])
+        return [[next(merged) for _ in op.jobs] if op.jobs is not None else op.fn(tx) for op in batch]
 
     def statistics(self) -> dict[str, int]:
         """Write transactions started by this instance (each commits once, unless it fails),
-        and those of them run with ``synchronous_commit = on``: a client's write, and claims
-        (see :meth:`Store.claim`)."""
-        return {"commits": self.write_transactions, "synced_commits": self.synced_write_transactions, "operations": self.write_transactions}
+        those of them run with ``synchronous_commit = on`` (group-committed: a client's
+        write, and claims, see :meth:`Store.claim`), and the operations they carried."""
+        return {"commits": self.write_transactions, "synced_commits": self.synced_write_transactions, "operations": self.write_operations}
 
     async def _read(self, fn: Callable[[Tx], T]) -> T:
         return await self._run(lambda conn: fn(_PgTx(conn)))

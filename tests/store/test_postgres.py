@@ -20,7 +20,7 @@ from pg_fixtures import admin_connect  # tests/ is on sys.path (tests/conftest.p
 from jobsvc import models
 from jobsvc.errors import ConfigError, IllegalTransition, JobNotFound, StoreUnavailable
 from jobsvc.models import Failed, Job, JobState, Released, Succeeded
-from jobsvc.store import Finished, open_store
+from jobsvc.store import Finished, open_store, postgres
 from jobsvc.store.postgres import (
     CURRENT_VERSION,
     MIGRATIONS,
@@ -643,3 +643,180 @@ async def test_ping_keeps_its_callers_deadline_while_the_server_does_not_answer(
         assert trio.current_time() - start == 2
     finally:
         hang.set()
+
+
+# ----------------------------------------------------------------------------- group commit
+
+
+class HeldBatch:
+    """A group-committed write that blocks in its thread until released, holding the store's
+    only group slot: the durable writes made meanwhile queue up and form the next batch."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _fn(self, tx: Any) -> str:
+        self.entered.set()
+        self.release.wait(10)  # released by the test; the bound stops a broken test hanging
+        return "held"
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.store.group_slots = 1
+        nursery.start_soon(lambda: self.store._write(self._fn, durable=True))
+        assert await trio.to_thread.run_sync(self.entered.wait, 5)
+
+
+async def test_concurrent_durable_writes_share_one_transaction(store: PostgresStore) -> None:
+    held = HeldBatch(store)
+    results: dict[str, bool] = {}
+
+    async def submit(job_id: str) -> None:
+        (result,) = await store.insert([make_job(job_id)])
+        results[job_id] = result.created
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await held.start(nursery)
+            before = store.statistics()
+            for i in range(5):
+                nursery.start_soon(submit, f"g{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            held.release.set()
+    after = store.statistics()
+    assert results == {f"g{i}": True for i in range(5)}
+    assert (after["commits"] - before["commits"], after["operations"] - before["operations"]) == (1, 5)
+    assert sorted(j.id for j in await store.list_jobs(limit=10)) == [f"g{i}" for i in range(5)]
+
+
+async def test_a_conflict_in_a_batch_fails_only_its_own_caller(store: PostgresStore) -> None:
+    """The batch's merged insert fails on the conflict; it is rolled back and run again with a
+    savepoint per operation: the other callers' jobs are committed."""
+    await store.insert([make_job("x")])
+    held = HeldBatch(store)
+    outcome: dict[str, Any] = {}
+
+    async def submit(job: Job) -> None:
+        try:
+            outcome[job.id] = (await store.insert([job]))[0].created
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            outcome[job.id] = type(exc).__name__
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await held.start(nursery)
+            for job in (make_job("y"), attrs.evolve(make_job("x"), fingerprint="another body"), make_job("z")):
+                nursery.start_soon(submit, job)
+            await trio.testing.wait_all_tasks_blocked()
+            held.release.set()
+    assert outcome == {"y": True, "x": "Conflict", "z": True}
+    assert sorted(j.id for j in await store.list_jobs(limit=10)) == ["x", "y", "z"]
+    assert (await store.counts()).by_state()[JobState.PENDING] == 3
+
+
+async def test_a_rolled_back_operation_does_not_swallow_the_batchs_notify(pg_url: str) -> None:
+    """An operation that sent NOTIFY and then failed is rolled back to its savepoint, and its
+    NOTIFY with it: a later operation of the batch that makes a job claimable notifies again."""
+    async with open_postgres_store(pg_url) as a, open_postgres_store(pg_url) as b:
+        held = HeldBatch(a)
+        woke = trio.Event()
+
+        def notify_then_fail(tx: Any) -> None:
+            tx.notify()
+            raise ValueError("boom")
+
+        async def failing() -> None:
+            with pytest.raises(ValueError, match="boom"):
+                await a._write(notify_then_fail, durable=True)
+
+        async def waiter() -> None:
+            await b.wait_for_work()
+            woke.set()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await held.start(nursery)
+                nursery.start_soon(failing)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(a.insert, [make_job("n")])  # queued after the failing one
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(waiter)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                assert not woke.is_set(), "woke up before anything was committed"
+                held.release.set()
+                with trio.move_on_after(2):
+                    await woke.wait()
+                assert woke.is_set(), "the insert's NOTIFY was lost with the failed operation's"
+        assert (await a.get("n")) is not None
+
+
+async def test_a_write_cancelled_while_queued_is_not_written(store: PostgresStore) -> None:
+    held = HeldBatch(store)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await held.start(nursery)
+            scope = trio.CancelScope()
+
+            async def cancelled() -> None:
+                with scope:
+                    await store.insert([make_job("dropped")])
+
+            nursery.start_soon(store.insert, [make_job("kept")])
+            nursery.start_soon(cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(store._group) == 2
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(store._group) == 1
+            held.release.set()
+    assert await store.get("dropped") is None
+    assert await store.get("kept") is not None
+    assert store._group == []
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["worker write", "group-committed"])
+async def test_a_transaction_aborted_for_a_deadlock_runs_again(store: PostgresStore, durable: bool) -> None:
+    """PostgreSQL aborts one of two deadlocked transactions (or one that fails to serialize):
+    nothing of it was committed, so the store runs it again, up to TX_RETRIES times in all."""
+    calls = 0
+
+    def deadlocked(times: int) -> Any:
+        def fn(tx: Any) -> Job | None:
+            nonlocal calls
+            calls += 1
+            if calls <= times:
+                raise psycopg.errors.DeadlockDetected("deadlock detected")
+            return tx.get("nope")
+
+        return fn
+
+    assert await store._write(deadlocked(postgres.TX_RETRIES - 1), durable=durable) is None
+    assert calls == postgres.TX_RETRIES
+    calls = 0
+    with pytest.raises(StoreUnavailable, match="deadlock detected"):
+        await store._write(deadlocked(postgres.TX_RETRIES), durable=durable)
+    assert calls == postgres.TX_RETRIES
+
+
+async def test_one_key_submitted_twice_in_one_batch_is_created_once_and_replayed(store: PostgresStore) -> None:
+    """The batch's inserts are one statement; a job whose key another job of the same
+    statement took finds that job, as if the two submissions had come one after another."""
+    held = HeldBatch(store)
+    results: list[tuple[str, bool]] = []
+
+    async def submit(job_id: str) -> None:
+        (result,) = await store.insert([make_job(job_id, key="same")])
+        results.append((result.job.id, result.created))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await held.start(nursery)
+            nursery.start_soon(submit, "first")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(submit, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            before = store.statistics()
+            held.release.set()
+    assert sorted(results) == [("first", False), ("first", True)]
+    assert store.statistics()["commits"] - before["commits"] == 1
