@@ -328,6 +328,9 @@ _SQL_CLAIM_PLAN = "SELECT set_config('enable_sort', 'off', true), set_config('en
 #: need the planner's full choice (with sorts off, the trigger's aggregation took 100+ ms).
 _SQL_CLAIM_PLAN_END = "SELECT set_config('enable_sort', 'on', true), set_config('enable_bitmapscan', 'on', true)"
 _SQL_TOP_LEVEL = f"SELECT priority FROM jobs WHERE {_IN_CLAIMABLE} ORDER BY priority DESC LIMIT 1"  # noqa: S608 - constant
+#: Both in one round trip (no parameters: the simple query protocol runs them in order, so
+#: the second is planned with the settings of the first).
+_SQL_PLAN_AND_TOP_LEVEL = f"{_SQL_CLAIM_PLAN}; {_SQL_TOP_LEVEL}"
 _SQL_NEXT_LEVEL = f"SELECT priority FROM jobs WHERE {_IN_CLAIMABLE} AND priority < %s ORDER BY priority DESC LIMIT 1"  # noqa: S608 - constant
 _DUE_AT_LEVEL = f"SELECT {_COLS} FROM jobs WHERE {_IN_CLAIMABLE} AND priority = %(level)s AND run_at <= %(now)s"  # noqa: S608 - constant
 _DUE_TAIL = " ORDER BY run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
@@ -417,13 +420,16 @@ class _PgTx:
         if tasks is not None:
             query = _SQL_DUE_TASKS
             params["tasks"] = list(tasks)
-        self._conn.execute(_SQL_CLAIM_PLAN)
         found: list[Job] = []
         try:
-            level = self._conn.execute(_SQL_TOP_LEVEL).fetchone()
-            while level is not None and len(found) < limit:
+            cursor = self._conn.execute(_SQL_PLAN_AND_TOP_LEVEL)
+            cursor.nextset()
+            level = cursor.fetchone()
+            while level is not None:
                 params.update(level=level[0], limit=limit - len(found))
                 found.extend(job_from_row(r) for r in self._conn.execute(query, params))
+                if len(found) >= limit:
+                    break
                 level = self._conn.execute(_SQL_NEXT_LEVEL, (level[0],)).fetchone()
         finally:
             self._conn.execute(_SQL_CLAIM_PLAN_END)
