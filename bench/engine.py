@@ -115,6 +115,7 @@ class _Connection:
         self.stream = stream
         self.buffer = b""
         self.idle_since = trio.current_time()
+        self.closing = False  #: the server said ``Connection: close`` (hypercorn: after 1,000 requests)
 
     async def _read_until(self, marker: bytes) -> bytes:
         while marker not in self.buffer:
@@ -130,7 +131,9 @@ class _Connection:
         await self.stream.send_all(request)
         head = await self._read_until(b"\r\n\r\n")
         status_line, *lines = head.decode("latin-1").split("\r\n")
-        length = next((int(v) for k, _, v in (line.partition(":") for line in lines) if k.strip().lower() == "content-length"), 0)
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        length = int(headers.get("content-length", 0))
+        self.closing = headers.get("connection", "").lower() == "close"
         while len(self.buffer) < length:
             chunk = await self.stream.receive_some(65536)
             if not chunk:
@@ -172,6 +175,9 @@ async def _paced(url: str, *, rate: float, seconds: float) -> dict[str, Any]:
             statuses[type(exc).__name__] += 1
             await conn.stream.aclose()
         else:
+            if conn.closing:
+                await conn.stream.aclose()
+                return
             conn.idle_since = trio.current_time()
             idle.append(conn)
 
