@@ -16,7 +16,7 @@ from functools import partial
 import attrs
 import trio
 
-from . import __version__, clientcli, keyscli
+from . import __version__
 from .config import LOG_FORMATS, OTHER_ENV, Settings
 from .errors import ConfigError, StoreUnavailable, unwrap
 from .logs import configure_logging
@@ -24,7 +24,13 @@ from .logs import configure_logging
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+#: The commands that run the service; for these the client commands' modules (httpx, rich)
+#: are not imported, which keeps them out of the service's start-up.
+SERVICE_COMMANDS = ("serve", "migrate")
+
+
+def _parser(*, clients: bool = True) -> argparse.ArgumentParser:
+    """The ``jobsvc`` parser; without ``clients``, only the service commands."""
     parser = argparse.ArgumentParser(
         prog="jobsvc",
         description="A durable HTTP job-processing service. `jobsvc serve` runs it; the other commands "
@@ -112,8 +118,11 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply pending schema migrations")
     migrate.add_argument("--db", help="database URL (default: JOBSVC_DB, else the SQLite default)")
-    keyscli.add_commands(sub)
-    clientcli.add_commands(sub)
+    if clients:
+        from . import clientcli, keyscli
+
+        keyscli.add_commands(sub)
+        clientcli.add_commands(sub)
     return parser
 
 
@@ -165,11 +174,14 @@ def _cwd_on_path() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command in clientcli.COMMANDS:
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(clients=not words or words[0] not in SERVICE_COMMANDS).parse_args(words)
+    if args.command not in SERVICE_COMMANDS:
+        from . import clientcli, keyscli
+
+        if args.command == "keys":
+            return keyscli.run(args)
         return clientcli.run(args)
-    if args.command == "keys":
-        return keyscli.run(args)
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         return _run(args, flags)

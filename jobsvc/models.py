@@ -32,7 +32,7 @@ success, and a job out of attempts is dead either way.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -186,7 +186,32 @@ def _move(job: Job, event: Event, now: float, **changes: Any) -> Job:
         raise IllegalTransition(
             f"job {job.id} is {job.state.value}; cannot {event.value.replace('_', ' ')}"
         ) from None
-    return attrs.evolve(job, state=new_state, updated_at=now, **changes)
+    changes["state"], changes["updated_at"] = new_state, now
+    return _replace(job, changes)
+
+
+def _make_replace() -> Callable[[Job, dict[str, Any]], Job]:
+    """``attrs.evolve`` for Job, generated field by field: about twice as fast, and two run
+    for every job (its claim and its outcome). Unknown field names raise TypeError."""
+    names = [field.name for field in attrs.fields(Job)]
+    body = "".join(f"    set_(new, {name!r}, get({name!r}, job.{name}))\n" for name in names)
+    source = (
+        "def replace(job, changes):\n"
+        "    if not changes.keys() <= known:\n"
+        "        raise TypeError(f'not Job fields: {sorted(changes.keys() - known)}')\n"
+        "    new = new_(Job)\n"
+        "    get = changes.get\n"
+        f"{body}"
+        "    return new\n"
+    )
+    namespace: dict[str, Any] = {"new_": object.__new__, "set_": object.__setattr__, "Job": Job, "known": frozenset(names)}
+    exec(compile(source, "<jobsvc.models: replace>", "exec"), namespace)  # noqa: S102 - constant source
+    replace: Callable[[Job, dict[str, Any]], Job] = namespace["replace"]
+    return replace
+
+
+#: ``_replace(job, {field: value})``: a copy of ``job`` with those fields changed.
+_replace = _make_replace()
 
 
 def _append(errors: tuple[ErrorRecord, ...], record: ErrorRecord) -> tuple[ErrorRecord, ...]:

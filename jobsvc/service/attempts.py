@@ -82,6 +82,8 @@ class Attempts:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._table: dict[AttemptKey, Attempt] = {}
+        #: the same attempts by job id (nearly always one each), for add() and superseded()
+        self._by_job: dict[str, list[Attempt]] = {}
         self._reserved = 0
         #: given to every new attempt as its ``on_stop``
         self.on_stop: Callable[[], None] | None = None
@@ -116,25 +118,31 @@ class Attempts:
 
     def add(self, job: Job) -> Attempt:
         """A new attempt, queued; older attempts of the same job have lost it: stopped."""
-        for old in self._table.values():
-            if old.job.id == job.id and old.job.lease_token < job.lease_token:
+        same_job = self._by_job.setdefault(job.id, [])
+        for old in same_job:
+            if old.job.lease_token < job.lease_token:
                 self.lose(old.key)
         attempt = Attempt(job, on_stop=self.on_stop)
+        replaced = self._table.get(attempt.key)
+        if replaced is not None:
+            same_job.remove(replaced)
         self._table[attempt.key] = attempt
+        same_job.append(attempt)
         return attempt
 
     def superseded(self, attempt: Attempt) -> list[Attempt]:
         """Older attempts of the same job whose handler has not returned yet."""
-        return [
-            old
-            for old in self._table.values()
-            if old.job.id == attempt.job.id and old.job.lease_token < attempt.job.lease_token and not old.ended.is_set()
-        ]
+        token = attempt.job.lease_token
+        return [old for old in self._by_job.get(attempt.job.id, ()) if old.job.lease_token < token and not old.ended.is_set()]
 
     def settle(self, attempt: Attempt) -> None:
         """The attempt is over for this process (outcome written, fenced, or given up)."""
         if self._table.get(attempt.key) is attempt:
             del self._table[attempt.key]
+            same_job = self._by_job[attempt.job.id]
+            same_job.remove(attempt)
+            if not same_job:
+                del self._by_job[attempt.job.id]
 
     def cancel(self, key: AttemptKey) -> bool:
         """Cancel one attempt (a client asked); True if this process holds it."""

@@ -12,6 +12,8 @@ import httpx
 import pytest
 import trio
 from helpers import Metrics
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jobsvc import models
 from jobsvc.app import create_app
@@ -268,3 +270,42 @@ async def test_store_metrics_by_operation(service: JobService, autojump_clock: A
     ops = m.by("jobsvc_store_operation_duration_seconds_count", "operation")
     assert {"insert", "record", "get", "list", "counts", "next_run_at", "rescue"} <= set(ops), ops
     assert m.series("jobsvc_store_errors_total") == {}
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]),
+            st.one_of(st.sampled_from([0.0, 0.005, 0.0050001, 1.0, 3600.0, 3600.5]), st.floats(0, 10_000, allow_nan=False)),
+        ),
+        max_size=30,
+    )
+)
+def test_the_event_metrics_render_as_prometheus_client_would(observations: list[tuple[str, float]]) -> None:
+    """jobsvc keeps its event counters and histograms as plain numbers (no lock per
+    increment); their text is the text prometheus_client's Counter and Histogram give for the
+    same observations: the same bucket for a value on a bound, the same cumulative counts,
+    sums, names, labels and order."""
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        Histogram,
+        disable_created_metrics,
+        generate_latest,
+    )
+
+    from jobsvc import metrics as m
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # as PrometheusObserver does (process-wide)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = m._Counter("x_events_total", "Events", ("task", "kind"))
+    histogram = m._Histogram("x_seconds", "Seconds", ("task",), m.ATTEMPT_BUCKETS)
+    ours.register(m._Collector([counter, histogram]))
+    their_counter = Counter("x_events_total", "Events", ("task", "kind"), registry=theirs)
+    their_histogram = Histogram("x_seconds", "Seconds", ("task",), buckets=m.ATTEMPT_BUCKETS, registry=theirs)
+    for task, value in observations:
+        counter.inc((task, "k"))
+        histogram.observe((task,), value)
+        their_counter.labels(task, "k").inc()
+        their_histogram.labels(task).observe(value)
+    assert generate_latest(ours).decode() == generate_latest(theirs).decode()

@@ -173,3 +173,22 @@ def test_random_event_sequences_stay_inside_the_table(moves: list[object]) -> No
         assert job.state in JobState
         assert job.attempts >= 0 and job.rescues >= 0
         assert (job.lease_owner is not None) == (job.state is JobState.RUNNING)
+
+
+_ANY_VALUE = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5), st.booleans())
+
+
+@given(base=st.fixed_dictionaries({}, optional={f.name: _ANY_VALUE for f in attrs.fields(Job)}), changes=st.dictionaries(st.sampled_from([f.name for f in attrs.fields(Job)]), _ANY_VALUE))
+def test_the_generated_replace_is_attrs_evolve(base: dict[str, object], changes: dict[str, object]) -> None:
+    """The transitions copy jobs with a generated ``_replace``: the same job as attrs.evolve,
+    field by field (equality compares them all), and a new object."""
+    job = make_job(**base)
+    new = models._replace(job, dict(changes))
+    assert new == attrs.evolve(job, **changes)
+    assert attrs.asdict(new, recurse=False) == {**attrs.asdict(job, recurse=False), **changes}
+    assert new is not job and type(new) is Job
+
+
+def test_the_generated_replace_refuses_unknown_fields() -> None:
+    with pytest.raises(TypeError, match=r"not Job fields: \['colour'\]"):
+        models._replace(make_job(), {"state": JobState.RUNNING, "colour": "red"})
