@@ -41,8 +41,12 @@ Theory of operation
   ``fsync_interval`` is 0: the server flushes them
   within ``3 x wal_writer_delay`` (0.6 s by default); a crash of the *server* may forget
   them, and those attempts run again.
-* **Wake-ups.** A transaction that makes a job claimable runs ``pg_notify('jobsvc_jobs', '')``
-  (delivered on commit). One dedicated ``LISTEN`` connection per store is awaited with
+* **Wake-ups.** A transaction that makes a job claimable runs ``pg_notify('jobsvc_jobs',
+  instance)`` (delivered on commit), where ``instance`` is a random id of the sending store.
+  A store ignores its own notifications: the service wakes its own claim loop for the jobs
+  it makes claimable, and waking it again for each of its own commits only started claims
+  that found nothing, which kept its submissions from claiming at insert.
+  One dedicated ``LISTEN`` connection per store is awaited with
   ``trio.lowlevel.wait_readable`` (no thread); bursts coalesce into one wake-up; the listener
   reconnects with capped exponential backoff and wakes its waiters after a reconnect, because
   notifications may have been missed meanwhile.
@@ -72,6 +76,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import typing
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -301,7 +306,7 @@ _SQL_EXISTING = (
     f"UNION ALL SELECT {_COLS} FROM jobs WHERE idempotency_key IS NOT NULL AND (tenant, idempotency_key) IN "
     "(SELECT * FROM unnest(%(tenants)s::text[], %(keys)s::text[]))"
 )
-_SQL_NOTIFY = "SELECT pg_notify(%s, '')"
+_SQL_NOTIFY = "SELECT pg_notify(%s, %s)"
 _SQL_GET = f"SELECT {_COLS} FROM jobs WHERE id = %s"  # noqa: S608 - constant identifiers only
 _SQL_GET_FOR_UPDATE = _SQL_GET + " FOR UPDATE"
 
@@ -375,8 +380,9 @@ class _PgTx:
     """The dialect: each primitive is one statement (or one pipelined round trip). Every
     string a lookup sends is checked with :func:`_storable` first."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], sender: str) -> None:
         self._conn = conn
+        self._sender = sender  #: the NOTIFY payload: the store instance that writes
         self._notified = False
 
     def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
@@ -487,7 +493,7 @@ class _PgTx:
 
     def notify(self) -> None:
         if not self._notified:  # delivered on commit; once per transaction is enough
-            self._conn.execute(_SQL_NOTIFY, (CHANNEL,))
+            self._conn.execute(_SQL_NOTIFY, (CHANNEL, self._sender))
             self._notified = True
 
     def forget_notify(self) -> None:
@@ -697,6 +703,9 @@ class PostgresStore(Store):
         )
         self._pool_open_timeout = connect_timeout + pool_timeout
         self._limiter = trio.CapacityLimiter(pool_size)
+        #: this store's NOTIFY payload: its own notifications do not wake its waiters (the
+        #: service wakes its claim loop itself for the jobs it makes claimable)
+        self.instance = secrets.token_hex(8)
         self.write_transactions = 0  #: see statistics()
         self.synced_write_transactions = 0
         self.write_operations = 0
@@ -714,8 +723,10 @@ class PostgresStore(Store):
         self._closed = False
         #: times the listener connected again after losing its connection (for tests/metrics)
         self.listener_reconnects = 0
-        #: notifications received, and the payload of the last one (for tests/metrics)
+        #: other instances' notifications received, and the payload of the last one (for
+        #: tests/metrics); this store's own come back too and are only counted
         self.notifications_received = 0
+        self.own_notifications = 0
         self.last_notification_payload: str | None = None
         #: this instance holds REPORTER_LOCK on its LISTEN connection (see is_reporter)
         self._reporter = False
@@ -755,7 +766,7 @@ class PostgresStore(Store):
             return await self._group_write(fn)  # type: ignore[no-any-return]
         self.write_transactions += 1
         self.write_operations += 1
-        return await self._run(lambda conn: fn(_PgTx(conn)), durable=False)
+        return await self._run(lambda conn: fn(_PgTx(conn, self.instance)), durable=False)
 
     # -- group commit (see "Group commit" above)
 
@@ -816,7 +827,7 @@ class PostgresStore(Store):
     def _group_tx(self, batch: list[_GroupOp]) -> None:
         try:  # the common case: nothing fails, no savepoints needed
             with self._pool.connection() as conn:
-                results = self._run_merged(_PgTx(conn), batch)
+                results = self._run_merged(_PgTx(conn, self.instance), batch)
         except _CONNECTION_ERRORS:
             raise
         except Exception as exc:  # rolled back: run the batch again, each op isolated
@@ -828,7 +839,7 @@ class PostgresStore(Store):
                 op.result, op.error = result, None
             return
         with self._pool.connection() as conn:
-            tx = _PgTx(conn)
+            tx = _PgTx(conn, self.instance)
             for op in batch:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -858,7 +869,7 @@ class PostgresStore(Store):
         return {"commits": self.write_transactions, "synced_commits": self.synced_write_transactions, "operations": self.write_operations}
 
     async def _read(self, fn: Callable[[Tx], T]) -> T:
-        return await self._run(lambda conn: fn(_PgTx(conn)))
+        return await self._run(lambda conn: fn(_PgTx(conn, self.instance)))
 
     def _connect_listener(self) -> psycopg.Connection[Any]:
         """Blocking: a new autocommit connection that LISTENs on CHANNEL."""
@@ -926,8 +937,9 @@ class PostgresStore(Store):
 
     def _on_notify_in_query(self, notify: psycopg.Notify) -> None:
         """Called (in the query's thread) for a notification read by a query of ours on
-        the LISTEN connection: it must still wake the waiters."""
-        self._notified_meanwhile = True
+        the LISTEN connection: unless it is this store's own, it must still wake the waiters."""
+        if notify.payload != self.instance:
+            self._notified_meanwhile = True
 
     async def _try_reporter(self, conn: psycopg.Connection[Any]) -> None:
         """Try to become the reporter on the LISTEN connection (the listen loop is not
@@ -955,16 +967,20 @@ class PostgresStore(Store):
             conn.close()
 
     def _drain(self, conn: psycopg.Connection[Any]) -> int:
-        """Read what the socket holds without blocking; count notifications. Raises
-        OperationalError when the connection is broken."""
+        """Read what the socket holds without blocking; count the other instances'
+        notifications. Raises OperationalError when the connection is broken."""
         pgconn = conn.pgconn
         pgconn.consume_input()
         if pgconn.status != pq.ConnStatus.OK:
             raise psycopg.OperationalError("the LISTEN connection is broken")
         count = 0
         while (notify := pgconn.notifies()) is not None:
+            payload = notify.extra.decode("utf-8", "replace")
+            if payload == self.instance:
+                self.own_notifications += 1
+                continue
             count += 1
-            self.last_notification_payload = notify.extra.decode("utf-8", "replace")
+            self.last_notification_payload = payload
         self.notifications_received += count
         return count
 

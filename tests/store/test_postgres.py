@@ -412,6 +412,34 @@ async def test_a_burst_of_notifications_is_one_wake_up(pg_url: str) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_store_is_not_woken_by_its_own_notifications(pg_url: str) -> None:
+    """Each NOTIFY names the store that sent it. A store's own come back to its listener
+    and are only counted: the service wakes its claim loop itself for the jobs it makes
+    claimable, and a wake-up per own commit started claims that found nothing. Another
+    store's still wake it."""
+    async with open_postgres_store(pg_url) as a, open_postgres_store(pg_url) as b:
+        assert a.instance != b.instance
+        woke = False
+
+        async def waiter() -> None:
+            nonlocal woke
+            await a.wait_for_work()
+            woke = True
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await a.insert([make_job("own1")])
+                await a.insert([make_job("own2")])
+                await wait_until(lambda: a.own_notifications == 2, what="a's own notifications")
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                assert not woke and a.notifications_received == 0, "woken by its own notification"
+                await b.insert([make_job("other")])
+                await wait_until(lambda: woke, what="the other store's notification")
+        assert (a.notifications_received, a.last_notification_payload) == (1, b.instance)
+        assert b.own_notifications == 1
+
+
 async def test_rescue_and_release_notify_but_a_later_retry_and_a_completion_do_not(pg_url: str) -> None:
     """NOTIFY says "a job is claimable now": an insert, a rescue and a release do; a retry
     scheduled for later and a completion do not (the instance that recorded the retry wakes
