@@ -409,6 +409,10 @@ class _PgTx:
     def update(self, pairs: Sequence[tuple[Job, Job]]) -> list[bool]:
         if not pairs:
             return []
+        if len({expected.id for _, expected in pairs}) < len(pairs):
+            # Several pairs for one job: in order, each fenced on what came before (one
+            # UPDATE ... FROM would write the row once, from any one of them).
+            return [ok for pair in pairs for ok in self.update([pair])]
         rows = [
             (expected.id, expected.state.value, expected.lease_token, expected.cancel_requested, *writable_values(new))
             for new, expected in pairs

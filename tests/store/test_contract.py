@@ -239,6 +239,67 @@ async def test_record_is_fenced_on_the_attempt(store: Store) -> None:
     assert done is not None and done.result == "ok" and done.state is JobState.SUCCEEDED
 
 
+async def test_record_of_a_big_batch_fences_each_outcome_on_its_own(store: Store) -> None:
+    """One record call with 301 outcomes (PostgreSQL writes them with one statement): the
+    current attempts' outcomes are written, the one of an attempt that lost its job is
+    refused, and the counts follow."""
+    current = [claimed(f"b{i:03}") for i in range(300)]
+    await store.insert([*current, claimed("s", lease=1)])
+    [stale] = [j for j in await store.rescue(now=NOW + 2, max_rescues=3)]
+    retaken = (await store.claim(owner="w2", now=NOW + 2, lease=30, limit=1)).jobs[0]
+    assert stale.id == retaken.id == "s"
+    first = claimed("s", lease=1)  # the attempt that lost its job
+    finished = [Finished(first, Succeeded("late"), NOW + 3), *(Finished(j, Succeeded(j.id), NOW + 3) for j in current)]
+    written = await store.record(finished)
+    assert written[0] is None
+    assert [j.result if j else None for j in written[1:]] == [j.id for j in current]
+    stored = await store.get("s")
+    assert stored is not None and same(stored, retaken)
+    counts = (await store.counts()).by_state()
+    assert (counts[JobState.SUCCEEDED], counts[JobState.RUNNING]) == (300, 1)
+
+
+async def test_a_fenced_update_of_many_rows_says_which_it_wrote(store: Store) -> None:
+    """Tx.update on its own (record recomputes a refused outcome, so it would hide a row
+    left out): 300 pairs in one call, the stale ones at the ends and in the middle refused."""
+    jobs = [claimed(f"u{i:03}") for i in range(300)]
+    await store.insert(jobs)
+    stale = {0, 150, 254, 257, 299}
+    pairs = [
+        (models.succeed(j, result=i, now=NOW + 1), attrs.evolve(j, lease_token=j.lease_token + 1) if i in stale else j)
+        for i, j in enumerate(jobs)
+    ]
+    written = await store._write(lambda tx: tx.update(pairs))
+    assert written == [i not in stale for i in range(300)]
+    assert (await store.counts()).by_state()[JobState.SUCCEEDED] == 300 - len(stale)
+
+
+async def test_two_outcomes_for_one_job_in_one_batch_apply_in_order(store: Store) -> None:
+    """Within one record call, a second outcome for the same attempt is fenced on the first
+    (the job is no longer running): written once, never twice, never the second."""
+    [job] = [r.job for r in await store.insert([claimed("twice")])]
+    other = claimed("other")
+    await store.insert([other])
+    written = await store.record([Finished(job, Succeeded(1), NOW + 1), Finished(other, Succeeded(2), NOW + 1), Finished(job, Failed("E", "x"), NOW + 1, delay=5)])
+    assert [j.state if j else None for j in written] == [JobState.SUCCEEDED, JobState.SUCCEEDED, None]
+    stored = await store.get("twice")
+    assert stored is not None and stored.state is JobState.SUCCEEDED and stored.result == 1
+    assert (await store.counts()).by_state()[JobState.SUCCEEDED] == 2
+
+
+async def test_the_stale_and_the_current_attempt_of_one_job_in_one_batch(store: Store) -> None:
+    """A late outcome of the attempt that lost its job, recorded together with the current
+    attempt's: only the current one is written and said to be."""
+    await store.insert([claimed("s", lease=1)])
+    await store.rescue(now=NOW + 2, max_rescues=3)
+    current = (await store.claim(owner="w2", now=NOW + 2, lease=30, limit=1)).jobs[0]
+    late = claimed("s", lease=1)
+    written = await store.record([Finished(late, Succeeded("late"), NOW + 3), Finished(current, Succeeded("now"), NOW + 3)])
+    assert [j.result if j else None for j in written] == [None, "now"]
+    stored = await store.get("s")
+    assert stored is not None and stored.result == "now"
+
+
 async def test_a_cancel_requested_during_the_attempt_wins_over_its_retry(store: Store) -> None:
     """The outcome was computed from the job as claimed; a client asked to cancel meanwhile:
     the failure that would retry ends the job cancelled (with its error kept), and a
