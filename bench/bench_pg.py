@@ -53,6 +53,9 @@ from psycopg import sql
 from jobsvc.models import Job
 from jobsvc.store.postgres import apply_migrations, open_postgres_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import speed_probe  # noqa: E402
+
 SERVER_URL = os.environ.get("PG_BENCH_URL", "postgresql://root@127.0.0.1:5432/postgres")
 STARTUP_DEADLINE = 30.0
 DRAIN_DEADLINE = 120.0
@@ -351,6 +354,7 @@ def machine() -> dict[str, Any]:
         "trio": trio.__version__,
         "hypercorn": version("hypercorn"),
         "httpx": httpx.__version__,
+        "speed_probe_ms_at_start": speed_probe(),
     }
 
 
@@ -366,6 +370,7 @@ async def run_all(only: list[str] | None = None) -> dict[str, Any]:
         results[name] = await fn()
         results[name]["section_seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+    results["machine"]["speed_probe_ms_at_end"] = speed_probe()
     return results
 
 

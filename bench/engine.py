@@ -47,7 +47,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import trio  # noqa: E402
 from load import cpu_percent, time_to_count, wait_until, wrk  # noqa: E402
-from report import SHARED_CORES_NOTE, col, machine, machine_section, one_line, ratio, section, table, times  # noqa: E402
+from report import (  # noqa: E402
+    SHARED_CORES_NOTE,
+    col,
+    machine,
+    machine_section,
+    one_line,
+    ratio,
+    section,
+    speed_probe,
+    table,
+    times,
+)
 from targets import Env, JobsvcTarget  # noqa: E402
 
 __all__ = ["Params", "backlog_drain", "latency_at_half", "main", "render", "scheduled"]
@@ -446,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": JobsvcTarget(env, "sqlite").settings()["command"] + " [--tasks benchtasks] [--max-pending 10]",
             "stores": {store: run_store(env, store, scenarios, params) for store in stores},
         }
+        results["machine"]["speed probe at end (ms)"] = speed_probe()
     markdown = render(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -53,6 +53,7 @@ from report import (  # noqa: E402
     percent,
     ratio,
     section,
+    speed_probe,
     table,
     times,
 )
@@ -394,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, make in makers.items():
             if name in only:
                 results["targets"][name] = run_target(make(), params)
+        results["machine"]["speed probe at end (ms)"] = speed_probe()
     markdown = render(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

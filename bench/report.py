@@ -2,7 +2,9 @@
 
 :func:`machine` collects the date, nproc, CPU model, RAM, kernel, Python, the versions of
 every package involved, wrk's, Redis's and PostgreSQL's server versions and the load average
-when the run started. :func:`table` renders rows as a markdown table, and :func:`section` a
+when the run started, and :func:`speed_probe`'s time for a fixed piece of work (this VM's
+speed drifts by up to 3x within an hour: two runs' figures compare only when their probes
+are close). :func:`table` renders rows as a markdown table, and :func:`section` a
 titled table whose columns (:func:`col`) read the nested result dicts.
 """
 
@@ -12,6 +14,7 @@ import datetime as dt
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 
 __all__ = [
     "PACKAGES", "SHARED_CORES_NOTE", "Column", "col", "fmt", "get", "machine", "machine_section",
-    "one_line", "percent", "ratio", "section", "table", "times",
+    "one_line", "percent", "ratio", "section", "speed_probe", "table", "times",
 ]
 
 #: The Python distributions whose versions every report lists.
@@ -100,6 +103,24 @@ def _postgres_version(url: str) -> str:
         return f"unknown ({exc})"
 
 
+#: The probe's unit of work: this many rounds of integer arithmetic in the interpreter.
+PROBE_ROUNDS = 1_000_000
+
+
+def speed_probe(repeat: int = 5) -> float:
+    """Milliseconds for :data:`PROBE_ROUNDS` rounds of pure-Python arithmetic, the best of
+    ``repeat`` runs (wall time, so a VM's stolen time counts). Lower is faster; a run made
+    while the probe read twice as long ran on half the machine."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        total = 0
+        for i in range(PROBE_ROUNDS):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
+
+
 def machine(*, redis_url: str | None = None, pg_url: str | None = None) -> dict[str, Any]:
     """The facts a reader needs to judge the numbers, read when the run starts."""
     ram_kib = _first_line("/proc/meminfo", "MemTotal")
@@ -113,6 +134,7 @@ def machine(*, redis_url: str | None = None, pg_url: str | None = None) -> dict[
         "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "speed probe at start (ms, lower is faster)": speed_probe(),
         "commit": _command("git", "-C", str(here), "rev-parse", "--short", "HEAD"),
         "wrk": _command("wrk", "-v"),
         "sqlite": __import__("sqlite3").sqlite_version,
