@@ -47,7 +47,7 @@ from .recorder import FENCED, GAVE_UP, Recorded, Recorder
 from .shutdown import Shutdown
 from .waiters import Waiters
 
-__all__ = ["ClaimTicket", "Runner"]
+__all__ = ["CLAIM_WAIT", "ClaimTicket", "Runner"]
 
 log = logging.getLogger("jobsvc")
 job_log = logging.getLogger("jobsvc.job")
@@ -56,6 +56,9 @@ job_log = logging.getLogger("jobsvc.job")
 RETRY_MIN, RETRY_MAX = 0.1, 5.0
 #: Seconds a cancelled handler gets to return before it is written off as stuck.
 STUCK_AFTER = 1.0
+#: Longest a submission waits for the claims under way before it gives up claiming its jobs
+#: at insert (a claim takes milliseconds; see JobService.submit).
+CLAIM_WAIT = 0.05
 
 
 @attrs.define
@@ -102,6 +105,7 @@ class Runner:
         self.backlog = True
         #: claims under way (their result may show a backlog)
         self._claiming = 0
+        self._claims_done = trio.Event()  #: set (then replaced) when the last claim under way ends
         #: epoch time the next known job becomes due (None: none known)
         self._next_due: float | None = None
         self._wake = trio.Event()
@@ -132,6 +136,16 @@ class Runner:
         """A submission may claim its own jobs: no older due job waits in the store (none
         known, and no claim under way that may find some)."""
         return not self.backlog and not self._claiming and not self._shutdown.draining
+
+    def only_claiming(self) -> bool:
+        """Claims under way are all that keeps a submission from claiming at insert: no due
+        job is known to wait (if they come back short of their limit, none does)."""
+        return bool(self._claiming) and not self.backlog and not self._shutdown.draining
+
+    async def claims_done(self) -> None:
+        """Return once no claim is under way."""
+        while self._claiming:
+            await self._claims_done.wait()
 
     def deliver(self, jobs: Sequence[Job]) -> None:
         """Hand claimed jobs to the workers. Call it inside ``attempts.reserve(...)``."""
@@ -463,6 +477,9 @@ class Runner:
                 yield ticket
             finally:
                 self._claiming -= 1
+                if not self._claiming:
+                    self._claims_done.set()
+                    self._claims_done = trio.Event()
                 result = ticket.result
                 if result is None:  # the transaction failed: look again later
                     self.backlog = True

@@ -19,6 +19,7 @@ from jobsvc.codec import JobRequest
 from jobsvc.errors import ServiceUnavailable, StoreUnavailable, TooManyPending
 from jobsvc.models import ErrorRecord, Job, JobState
 from jobsvc.service import JobService
+from jobsvc.service.runner import CLAIM_WAIT
 from jobsvc.store import ClaimResult, Finished, InsertResult, MemoryStore
 
 EPOCH = float(2**30)
@@ -765,6 +766,7 @@ class GatedClaims(MemoryStore):
 
     gate: trio.Event = attrs.field(factory=trio.Event)
     claims: int = 0
+    in_flight: trio.Event = attrs.field(factory=trio.Event)  #: set when a claim waits for the gate
 
     def __attrs_post_init__(self) -> None:
         MemoryStore.__init__(self)
@@ -772,15 +774,19 @@ class GatedClaims(MemoryStore):
     async def claim(self, *, owner: str, now: float, lease: float, limit: int, tasks: Collection[str] | None = None) -> ClaimResult:
         self.claims += 1
         if self.claims > 1:
+            self.in_flight.set()
             await self.gate.wait()
         return await super().claim(owner=owner, now=now, lease=lease, limit=limit, tasks=tasks)
 
 
-async def test_a_submission_does_not_overtake_jobs_a_claim_in_flight_may_find(start_service: Any, autojump_clock: Any) -> None:
+@pytest.mark.parametrize("claim_ends_after", [0.02, 10.0])
+async def test_a_submission_does_not_overtake_jobs_a_claim_in_flight_may_find(start_service: Any, autojump_clock: Any, claim_ends_after: float) -> None:
     """Two workers, older due jobs waiting. At t=1 one worker frees up and the claim loop's
     claim goes out (and stays in flight); at t=2 the other worker frees up. A submission at
     t=2.5 must not take that worker at insert: older jobs wait (the claim in flight may find
-    them), so it queues behind them."""
+    them), so it queues behind them. It waits for the claim (at most CLAIM_WAIT): whether
+    the claim comes back full meanwhile (0.02 s) or not (10 s), the submission does not
+    overtake."""
     store = GatedClaims()
     olds = [Job(id="old-2s", task="nap", payload={"seconds": 2}, max_attempts=1, run_at=EPOCH - 10, created_at=EPOCH, updated_at=EPOCH)]
     olds += [Job(id=f"old{i}", task="nap", payload={"seconds": 1}, max_attempts=1, run_at=EPOCH - 9, created_at=EPOCH, updated_at=EPOCH) for i in range(4)]
@@ -788,12 +794,56 @@ async def test_a_submission_does_not_overtake_jobs_a_claim_in_flight_may_find(st
     service = await start_service(store=store, workers=2)
     await trio.sleep(2.5)
     try:
-        new = await submit(service, "nap", {"seconds": 1})
-        assert new.state is JobState.PENDING
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_open_after, store.gate, claim_ends_after)
+            start = trio.current_time()
+            new = await submit(service, "nap", {"seconds": 1})
+            assert trio.current_time() - start == pytest.approx(min(claim_ends_after, CLAIM_WAIT))
+            assert new.state is JobState.PENDING
+            nursery.cancel_scope.cancel()
     finally:
         store.gate.set()  # the held claim is shielded: release it whatever happens
     finished = {j.id: (await service.wait(j.id, 30)).finished_at for j in [*olds, new]}
     assert finished[new.id] == max(finished.values())
+
+
+async def _open_after(gate: trio.Event, seconds: float) -> None:
+    await trio.sleep(seconds)
+    gate.set()
+
+
+async def test_a_submission_waits_for_a_claim_that_finds_nothing_and_claims_at_insert(start_service: Any, autojump_clock: Any) -> None:
+    """Idle workers, nothing waiting; the claim loop's periodic look is in flight when a job
+    is submitted. The submission waits for it (it may find older jobs) and, as it comes
+    back empty, claims its job at insert the moment it ends: no claim transaction of its
+    own, no wait for the next one."""
+    store = GatedClaims()
+    service = await start_service(store=store, workers=2)
+    await store.in_flight.wait()  # the look after the poll interval, held by the gate
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_open_after, store.gate, 0.02)
+        start = trio.current_time()
+        new = await submit(service, "echo", "x")
+    assert trio.current_time() - start == pytest.approx(0.02)
+    assert (new.state, new.lease_owner) == (JobState.RUNNING, "test-owner")
+    assert (await service.wait(new.id, 10)).state is JobState.SUCCEEDED
+    assert store.claims == 2  # the start-up's and the held one: none for the submission
+
+
+async def test_a_submission_waits_for_a_slow_claim_no_longer_than_claim_wait(start_service: Any, autojump_clock: Any) -> None:
+    """The periodic look hangs (a slow store): the submission gives up waiting after
+    CLAIM_WAIT, goes in pending, and the claim that was in flight takes it when it ends."""
+    store = GatedClaims()
+    service = await start_service(store=store, workers=2)
+    await store.in_flight.wait()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_open_after, store.gate, 3.0)
+        start = trio.current_time()
+        new = await submit(service, "echo", "x")
+        assert trio.current_time() - start == pytest.approx(CLAIM_WAIT)
+        assert new.state is JobState.PENDING
+    done = await service.wait(new.id, 10)
+    assert done.state is JobState.SUCCEEDED and done.attempts == 1
 
 
 @attrs.define
