@@ -151,7 +151,7 @@ class JobService:
         if due and self._runner.only_claiming():
             # A claim under way may find older due jobs, so these may not take a worker at
             # insert yet. Rather than leave them for the claim after it (on PostgreSQL each
-            # such claim then held up the next submissions, a cycle that cost every job a
+            # such claim then held up the next submissions, a cycle that cost nearly every job a
             # second transaction at 150 submissions/s), see what it finds: it takes
             # milliseconds. Bounded: a slow claim costs the submission CLAIM_WAIT at most.
             with trio.move_on_after(CLAIM_WAIT):
