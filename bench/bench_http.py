@@ -41,6 +41,8 @@ from typing import Any
 import httpx
 import trio
 
+from jobsvc.client import KEEPALIVE_EXPIRY
+
 __all__ = ["http_batch", "http_single", "kill9_recovery", "main", "run_all", "store_group_commit", "worker_drain"]
 
 STARTUP_DEADLINE = 20.0
@@ -146,7 +148,9 @@ async def _fan_out(total: int, concurrency: int, request: Callable[[int], Awaita
 async def _submit_load(url: str, *, jobs: int, batch: int, concurrency: int) -> dict[str, Any]:
     latencies: list[float] = []
     requests = math.ceil(jobs / batch)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # keepalive_expiry below jobsvc's 5 s keep-alive (httpx's default is 5 s too: a connection
+    # reused as the server closed it failed about every second run; see jobsvc.client).
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=KEEPALIVE_EXPIRY)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         await client.get("/health")  # warm one connection
 

@@ -207,3 +207,20 @@ def test_the_client_imports_nothing_of_the_server_side() -> None:
     code = "import sys, jobsvc.client; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('jobsvc', 'trio', 'starlette', 'hypercorn', 'sqlite3', 'psycopg'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.split() == ["jobsvc", "jobsvc.client", "jobsvc.errors", "jobsvc.models", "jobsvc.retry"]
+
+
+async def test_the_clients_never_reuse_a_connection_the_server_may_be_closing() -> None:
+    """jobsvc closes a keep-alive connection idle for KEEP_ALIVE_TIMEOUT seconds; a pooled
+    connection reused that late races the close and fails its request (httpx's default
+    expiry is 5 s, the same). Both clients let an idle connection go sooner."""
+    from jobsvc.server import KEEP_ALIVE_TIMEOUT
+
+    sync = client_module.Client("http://127.0.0.1:9")
+    asynchronous = client_module.AsyncClient("http://127.0.0.1:9")
+    try:
+        for http in (sync._http, asynchronous._http):
+            expiry = http._transport._pool._keepalive_expiry  # type: ignore[union-attr]
+            assert expiry == client_module.KEEPALIVE_EXPIRY < KEEP_ALIVE_TIMEOUT
+    finally:
+        sync.close()
+        await asynchronous.aclose()
