@@ -156,11 +156,16 @@ class Tx(Protocol):
         """Write each ``new`` whose row still has its ``expected``'s id, state, lease token
         and cancel flag (the fence); True for the rows written."""
 
-    def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
-        """Up to ``limit`` claimable jobs with ``run_at <= now`` (of ``tasks`` if given), in
-        claim order: highest priority first, then ``run_at``, then ``seq``. Rows are
-        held for this transaction and skipped by concurrent ones (SKIP LOCKED). The cost
-        must not grow with the number of jobs waiting."""
+    def claim(self, request: ClaimRequest) -> list[Job]:
+        """Claim up to ``request.limit`` (> 0) claimable jobs with ``run_at <= now`` (of
+        ``tasks`` if given), each written as :func:`jobsvc.models.claim` makes it; the
+        claimed jobs in claim order: highest priority first, then ``run_at``, then ``seq``.
+        Rows held by a concurrent transaction are skipped (SKIP LOCKED). The cost must not
+        grow with the number of jobs waiting.
+
+        Memory and SQLite find the due jobs and write :func:`claim_found`; PostgreSQL
+        writes each priority level's claim in one statement, the SQL form of
+        ``models.claim`` (the store contract suite checks that both agree)."""
 
     def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:
         """The earliest ``run_at`` of a claimable job (of ``tasks`` if given)."""
@@ -233,10 +238,15 @@ def _write_all(tx: Tx, pairs: Sequence[tuple[Job, Job]]) -> None:
         raise RuntimeError("a row held by this transaction changed under it")
 
 
-def claim_jobs(tx: Tx, request: ClaimRequest) -> ClaimResult:
-    due = tx.due(now=request.now, limit=request.limit, tasks=request.tasks) if request.limit > 0 else []
+def claim_found(tx: Tx, due: Sequence[Job], request: ClaimRequest) -> list[Job]:
+    """Claim ``due`` (jobs this transaction holds, in claim order) with models.claim."""
     claimed = [models.claim(job, owner=request.owner, now=request.now, lease=request.lease) for job in due]
     _write_all(tx, list(zip(claimed, due, strict=True)))
+    return claimed
+
+
+def claim_jobs(tx: Tx, request: ClaimRequest) -> ClaimResult:
+    claimed = tx.claim(request) if request.limit > 0 else []
     next_at = None if len(claimed) == request.limit else tx.next_run_at(tasks=request.tasks)
     return ClaimResult(claimed, next_at)
 

@@ -19,7 +19,7 @@ import trio
 
 from .. import models
 from ..models import Job, JobState
-from .base import AttemptKey, Counts, Store, Tx
+from .base import AttemptKey, ClaimRequest, Counts, Store, Tx, claim_found
 
 __all__ = ["MemoryStore"]
 
@@ -97,6 +97,9 @@ class _MemoryTx:
 
     def _claimable(self, tasks: Collection[str] | None) -> list[Job]:
         return [job for job in self._store._jobs.values() if job.state in _CLAIMABLE and (tasks is None or job.task in tasks)]
+
+    def claim(self, request: ClaimRequest) -> list[Job]:
+        return claim_found(self, self.due(now=request.now, limit=request.limit, tasks=request.tasks), request)
 
     def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
         due = [job for job in self._claimable(tasks) if job.run_at <= now]

@@ -54,7 +54,7 @@ from ..codec import JOB_FIELDS, job_from_row
 from ..errors import ConfigError, StoreUnavailable
 from ..models import Job, JobState
 from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE, insert_values, update_values
-from .base import AttemptKey, Counts, Store, Tx
+from .base import AttemptKey, ClaimRequest, Counts, Store, Tx, claim_found
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
 
@@ -218,6 +218,9 @@ class _SQLiteTx:
     @staticmethod
     def _task_filter(tasks: Collection[str]) -> str:
         return f" AND task IN ({', '.join('?' for _ in tasks)})"
+
+    def claim(self, request: ClaimRequest) -> list[Job]:
+        return claim_found(self, self.due(now=request.now, limit=request.limit, tasks=request.tasks), request)
 
     def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
         if tasks is not None and not tasks:

@@ -142,7 +142,10 @@ async def test_claim_order_limit_and_equivalence_with_models(store: Store) -> No
         new_job("high", priority=5, run_at=NOW - 1),
         new_job("low-late", run_at=NOW - 5),
         new_job("future", priority=9, run_at=NOW + 60),
-        new_job("retrying", state=JobState.RETRYING, run_at=NOW - 5, attempts=1, lease_token=1),
+        new_job(
+            "retrying", state=JobState.RETRYING, run_at=NOW - 5, attempts=1, lease_token=1, rescues=1, updated_at=NOW - 5,
+            errors=(ErrorRecord.make(attempt=1, at=NOW - 6, type="Boom", message="no"),),
+        ),
     ]
     await store.insert(jobs)
     first = await store.claim(owner="w1", now=NOW, lease=30, limit=3)
@@ -156,6 +159,7 @@ async def test_claim_order_limit_and_equivalence_with_models(store: Store) -> No
     rest = await store.claim(owner="w2", now=NOW, lease=30, limit=10)
     assert [j.id for j in rest.jobs] == ["retrying"]
     assert rest.jobs[0].attempts == 2 and rest.jobs[0].lease_token == 2
+    assert same(rest.jobs[0], models.claim(by_id["retrying"], owner="w2", now=NOW, lease=30))
     assert rest.next_run_at == NOW + 60  # fewer than asked: when the next one is due
     assert (await store.claim(owner="w2", now=NOW, lease=30, limit=10)).jobs == []
 

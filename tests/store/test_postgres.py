@@ -170,8 +170,9 @@ async def test_claim_equals_models_claim_in_claim_order(store: PostgresStore) ->
 
 async def test_claims_walk_the_due_index_without_sorting(store: PostgresStore, pg_url: str) -> None:
     """With 20,000 jobs waiting (due and not yet due, two priorities), each level's claim
-    query is an index scan of jobs_due in claim order (no sort of the backlog), whatever
-    the planner's statistics say."""
+    statement finds its jobs by an index scan of jobs_due in claim order (no sort of the
+    backlog), whatever the planner's statistics say; the counts trigger it fires plans
+    with the default settings (it sets them itself)."""
     sql(
         pg_url,
         "INSERT INTO jobs (id, task, state, payload, priority, max_attempts, run_at, created_at, updated_at) "
@@ -186,10 +187,13 @@ async def test_claims_walk_the_due_index_without_sorting(store: PostgresStore, p
         plan = "\n".join(
             row[0]
             for row in conn.execute(
-                "EXPLAIN " + postgres._SQL_DUE_TASKS, {"level": 1, "now": NOW, "limit": 8, "tasks": ["t"]}
+                "EXPLAIN " + postgres._SQL_CLAIM_TASKS,
+                {"level": 1, "now": NOW, "limit": 8, "tasks": ["t"], "owner": "w", "expires": NOW + 30},
             )
         )
-    assert "jobs_due" in plan and "Sort" not in plan, plan
+        [(config,)] = conn.execute("SELECT proconfig FROM pg_proc WHERE proname = 'jobsvc_count_jobs'").fetchall()
+    assert "Index Scan using jobs_due" in plan and "Sort" not in plan, plan
+    assert config == ["enable_sort=on", "enable_bitmapscan=on"]
     with trio.fail_after(5):
         got = await claim_all(store, owner="w", limit=8, tasks=["t"])
     assert [j.priority for j in got] == [1] * 8 and all(j.run_at <= NOW for j in got)

@@ -142,7 +142,7 @@ async def test_postgres_migration_3_keeps_jobs_counts_and_keys(pg_empty_url: str
             "SELECT 'old' || i, 't', CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'dead' END, 'null', 5, 0, 0, 0, "
             "CASE WHEN i = 1 THEN 'key-1' END, 'f' FROM generate_series(1, 7) i"
         )
-    assert await postgres.migrate(pg_empty_url) == ["tenants: a tenant per job, idempotency keys per tenant, counts by tenant"]
+    assert (await postgres.migrate(pg_empty_url))[0] == "tenants: a tenant per job, idempotency keys per tenant, counts by tenant"
     async with open_store(pg_empty_url) as store:
         counts = (await store.counts()).by_state()
         assert (counts[JobState.PENDING], counts[JobState.DEAD]) == (3, 4)
