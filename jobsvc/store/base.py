@@ -163,9 +163,9 @@ class Tx(Protocol):
         Rows held by a concurrent transaction are skipped (SKIP LOCKED). The cost must not
         grow with the number of jobs waiting.
 
-        Memory and SQLite find the due jobs and write :func:`claim_found`; PostgreSQL
-        writes each priority level's claim in one statement, the SQL form of
-        ``models.claim`` (the store contract suite checks that both agree)."""
+        The memory store finds the due jobs and writes :func:`claim_found`; the SQL
+        stores write each priority level's claim in one statement, the SQL form of
+        ``models.claim`` (the store contract suite checks that they agree)."""
 
     def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:
         """The earliest ``run_at`` of a claimable job (of ``tasks`` if given)."""

@@ -39,6 +39,7 @@ Theory of operation
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -54,7 +55,7 @@ from ..codec import JOB_FIELDS, job_from_row
 from ..errors import ConfigError, StoreUnavailable
 from ..models import Job, JobState
 from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE, insert_values, update_values
-from .base import AttemptKey, ClaimRequest, Counts, Store, Tx, claim_found
+from .base import AttemptKey, ClaimRequest, Counts, Store, Tx
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
 
@@ -80,7 +81,15 @@ _UPDATE = (
 )
 _TOP_LEVEL = f"SELECT priority FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} ORDER BY priority DESC LIMIT 1"  # noqa: S608
 _NEXT_LEVEL = f"SELECT priority FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority < ? ORDER BY priority DESC LIMIT 1"  # noqa: S608
-_DUE_AT_LEVEL = f"{_SELECT} INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority = ? AND run_at <= ?"  # noqa: S608
+#: A claim, one priority level at a time: the due jobs' seq and state (for the counts) in
+#: claim order, then one UPDATE writing them as :func:`jobsvc.models.claim` would (its SQL
+#: form, held to it by the store contract suite), RETURNING them in no particular order.
+_CLAIM_FIND = f"SELECT seq, state FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority = ? AND run_at <= ?"  # noqa: S608
+_CLAIM_WRITE = (
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1, "  # noqa: S608 - constant identifiers only
+    "lease_owner = ?, lease_expires_at = ?, updated_at = ? WHERE seq IN (SELECT value FROM json_each(?)) "
+    f"RETURNING {_COLS}"
+)
 _FIRST_AT_LEVEL = f"SELECT run_at FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority = ?"  # noqa: S608
 _RENEW = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'running' AND lease_token = ? AND lease_owner = ? RETURNING cancel_requested"
 _DELETE_FINISHED = (
@@ -171,6 +180,10 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
 Deltas = Counter[tuple[str | None, str, JobState]]
 
 
+def _in_level_order(job: Job) -> tuple[float, int]:
+    return job.run_at, job.seq
+
+
 class _SQLiteTx:
     """The dialect: each primitive is a few statements on one connection, and notes the
     change it made to the counts in ``deltas``."""
@@ -220,20 +233,25 @@ class _SQLiteTx:
         return f" AND task IN ({', '.join('?' for _ in tasks)})"
 
     def claim(self, request: ClaimRequest) -> list[Job]:
-        return claim_found(self, self.due(now=request.now, limit=request.limit, tasks=request.tasks), request)
-
-    def due(self, *, now: float, limit: int, tasks: Collection[str] | None) -> list[Job]:
-        if tasks is not None and not tasks:
+        if request.tasks is not None and not request.tasks:
             return []
-        names = tuple(tasks or ())
-        sql = _DUE_AT_LEVEL + (self._task_filter(names) if tasks is not None else "") + " ORDER BY run_at, seq LIMIT ?"
-        found: list[Job] = []
+        names = tuple(request.tasks or ())
+        find = _CLAIM_FIND + (self._task_filter(names) if request.tasks is not None else "") + " ORDER BY run_at, seq LIMIT ?"
+        write = (request.owner, request.now + request.lease, request.now)
+        claimed: list[Job] = []
         level = self._conn.execute(_TOP_LEVEL).fetchone()
-        while level is not None and len(found) < limit:
-            rows = self._conn.execute(sql, (level[0], now, *names, limit - len(found))).fetchall()
-            found.extend(job_from_row(r) for r in rows)
-            level = self._conn.execute(_NEXT_LEVEL, level).fetchone()
-        return found
+        while level is not None and len(claimed) < request.limit:
+            was = dict(self._conn.execute(find, (level[0], request.now, *names, request.limit - len(claimed))).fetchall())
+            if was:
+                rows = self._conn.execute(_CLAIM_WRITE, (*write, json.dumps(list(was)))).fetchall()
+                found = sorted(map(job_from_row, rows), key=_in_level_order)
+                for job in found:
+                    self.deltas[(job.tenant, job.task, JobState(was[job.seq]))] -= 1
+                    self.deltas[(job.tenant, job.task, job.state)] += 1
+                claimed.extend(found)
+            if len(claimed) < request.limit:
+                level = self._conn.execute(_NEXT_LEVEL, level).fetchone()
+        return claimed
 
     def next_run_at(self, *, tasks: Collection[str] | None) -> float | None:
         """The smallest of each priority level's first run_at (jobs_due is ordered by run_at

@@ -177,6 +177,14 @@ async def test_claim_walks_priority_levels_past_jobs_not_yet_due(store: Store) -
     assert got.next_run_at == NOW + 50
 
 
+async def test_a_claim_moves_each_job_from_its_own_state_in_the_counts(store: Store) -> None:
+    """Counts after a claim of pending and retrying jobs: each leaves its own state."""
+    await store.insert([new_job("p1"), new_job("p2"), new_job("r1", state=JobState.RETRYING, attempts=1, run_at=NOW - 1)])
+    assert len((await store.claim(owner="w", now=NOW, lease=30, limit=10)).jobs) == 3
+    counts = (await store.counts()).by_state()
+    assert (counts[JobState.PENDING], counts[JobState.RETRYING], counts[JobState.RUNNING]) == (0, 0, 3)
+
+
 async def test_claim_filters_by_task(store: Store) -> None:
     """Only jobs of the given tasks are claimed; an empty task set claims nothing."""
     await store.insert([new_job("a", task="mine"), new_job("b", task="theirs")])
