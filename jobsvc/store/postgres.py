@@ -74,6 +74,7 @@ and reject ``\\u0000``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import secrets
@@ -324,14 +325,20 @@ _UNNEST = [*_FENCE, *((c, _sql_type(c)) for c in WRITABLE)]
 #: Every fenced write of a batch in one statement; RETURNING names the rows written. Rows
 #: are locked in id order first, as the heartbeat locks them: two statements of this kind
 #: (an outcome batch and a heartbeat over the same attempts) can never deadlock.
-_SQL_UPDATE = (
-    f"WITH v AS (SELECT * FROM unnest({', '.join(f'%({name})s::{type_}[]' for name, type_ in _UNNEST)}) "  # noqa: S608 - constant identifiers only
-    f"AS v({', '.join(name for name, _ in _UNNEST)})), "
-    "locked AS (SELECT j.id FROM jobs j JOIN v ON j.id = v.fence_id ORDER BY j.id FOR UPDATE OF j) "
-    f"UPDATE jobs j SET {', '.join(f'{c} = v.{c}' for c in WRITABLE)} FROM v "
-    "WHERE j.id = v.fence_id AND j.id IN (SELECT id FROM locked) AND j.state = v.fence_state "
-    "AND j.lease_token = v.fence_token AND j.cancel_requested = v.fence_cancel RETURNING j.id"
-)
+@functools.cache
+def _sql_update(changed: tuple[int, ...]) -> str:
+    """The fenced batch UPDATE setting the WRITABLE columns at ``changed`` (a handful of
+    shapes: claim, success, retry...; each prepared by psycopg once it repeats)."""
+    unnest = [*_FENCE, *(_UNNEST[len(_FENCE) + i] for i in changed)]
+    sets = ", ".join(f"{WRITABLE[i]} = v.{WRITABLE[i]}" for i in changed) or "id = j.id"
+    return (
+        f"WITH v AS (SELECT * FROM unnest({', '.join(f'%({name})s::{type_}[]' for name, type_ in unnest)}) "  # noqa: S608 - constant identifiers only
+        f"AS v({', '.join(name for name, _ in unnest)})), "
+        "locked AS (SELECT j.id FROM jobs j JOIN v ON j.id = v.fence_id ORDER BY j.id FOR UPDATE OF j) "
+        f"UPDATE jobs j SET {sets} FROM v "
+        "WHERE j.id = v.fence_id AND j.id IN (SELECT id FROM locked) AND j.state = v.fence_state "
+        "AND j.lease_token = v.fence_token AND j.cancel_requested = v.fence_cancel RETURNING j.id"
+    )
 
 #: Sent before the claim queries, for this transaction only: the planner's row estimates for
 #: a queue table swing wildly (an idle queue was analyzed with no pending rows, then a burst
@@ -438,12 +445,19 @@ class _PgTx:
             # Several pairs for one job: in order, each fenced on what came before (one
             # UPDATE ... FROM would write the row once, from any one of them).
             return [ok for pair in pairs for ok in self.update([pair])]
+        # Only the columns some pair changes are sent (a field a transition leaves alone is
+        # the same object in both jobs): a claim or a success changes 5-6 of the 12.
+        changed = tuple(
+            i for i, name in enumerate(WRITABLE) if any(getattr(new, name) is not getattr(expected, name) for new, expected in pairs)
+        )
         rows = [
             (expected.id, expected.state.value, expected.lease_token, expected.cancel_requested, *writable_values(new))
             for new, expected in pairs
         ]
-        columns = {name: list(values) for (name, _), values in zip(_UNNEST, zip(*rows, strict=True), strict=True)}
-        written = {r[0] for r in self._conn.execute(_SQL_UPDATE, columns)}
+        values = list(zip(*rows, strict=True))
+        columns = {name: list(values[i]) for i, (name, _) in enumerate(_FENCE)}
+        columns.update((WRITABLE[i], list(values[len(_FENCE) + i])) for i in changed)
+        written = {r[0] for r in self._conn.execute(_sql_update(changed), columns)}
         return [expected.id in written for _, expected in pairs]
 
     def claim(self, request: ClaimRequest) -> list[Job]:
