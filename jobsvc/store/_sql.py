@@ -7,7 +7,17 @@ from typing import Any
 from .. import models
 from ..codec import JOB_FIELDS, row_encoder
 
-__all__ = ["CLAIMABLE_STATES", "FINAL_STATES", "INSERTED", "WRITABLE", "insert_values", "update_values", "writable_values"]
+__all__ = [
+    "CLAIMABLE_STATES",
+    "CLAIM_SET",
+    "FINAL_STATES",
+    "INSERTED",
+    "WRITABLE",
+    "in_level_order",
+    "insert_values",
+    "update_values",
+    "writable_values",
+]
 
 #: Columns the store fills itself (``seq``) are not inserted.
 INSERTED = tuple(c for c in JOB_FIELDS if c != "seq")
@@ -21,6 +31,18 @@ WRITABLE = tuple(c for c in JOB_FIELDS if c not in _FIXED)
 CLAIMABLE_STATES = tuple(sorted(s.value for s in models.CLAIMABLE))
 FINAL_STATES = tuple(sorted(s.value for s in models.FINAL_STATES))
 assert CLAIMABLE_STATES == ("pending", "retrying"), CLAIMABLE_STATES
+
+#: The changes of :func:`jobsvc.models.claim` that need no parameter, as SQL (the claim's
+#: one-statement form in both SQL stores; the store contract suite holds it to models.claim).
+#: The stores add ``lease_owner``, ``lease_expires_at`` (now + lease) and ``updated_at``.
+CLAIM_SET = "state = 'running', attempts = attempts + 1, lease_token = lease_token + 1"
+_CLAIMED = {models.TRANSITIONS[(state, models.Event.CLAIM)].value for state in models.CLAIMABLE}
+assert _CLAIMED == {"running"}, _CLAIMED
+
+
+def in_level_order(job: models.Job) -> tuple[float, int]:
+    """Claim order within one priority level (an UPDATE ... RETURNING gives no order)."""
+    return job.run_at, job.seq
 
 
 #: Job -> the values of INSERTED, in order.

@@ -92,8 +92,17 @@ from psycopg_pool import ConnectionPool
 
 from ..codec import JOB_FIELDS, job_from_row
 from ..errors import ConfigError, StoreUnavailable
-from ..models import CLAIMABLE, TRANSITIONS, Event, Job, JobState
-from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE, insert_values, writable_values
+from ..models import Job, JobState
+from ._sql import (
+    CLAIM_SET,
+    CLAIMABLE_STATES,
+    FINAL_STATES,
+    INSERTED,
+    WRITABLE,
+    in_level_order,
+    insert_values,
+    writable_values,
+)
 from .base import AttemptKey, ClaimRequest, Counts, InsertResult, Store, Tx, insert_jobs
 
 __all__ = [
@@ -355,15 +364,13 @@ _SQL_PLAN_AND_TOP_LEVEL = f"{_SQL_CLAIM_PLAN}; {_SQL_TOP_LEVEL}"
 _SQL_NEXT_LEVEL = f"SELECT priority FROM jobs WHERE {_IN_CLAIMABLE} AND priority < %s ORDER BY priority DESC LIMIT 1"  # noqa: S608 - constant
 _DUE_AT_LEVEL = f"SELECT id FROM jobs WHERE {_IN_CLAIMABLE} AND priority = %(level)s AND run_at <= %(now)s"  # noqa: S608 - constant
 _DUE_TAIL = " ORDER BY run_at, seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
-_CLAIMED_STATES = {TRANSITIONS[(state, Event.CLAIM)].value for state in CLAIMABLE}
-assert _CLAIMED_STATES == {"running"}, _CLAIMED_STATES
 #: One priority level's claim in one statement (one round trip; the rows are not sent back
 #: and forth): the SQL form of :func:`jobsvc.models.claim`, which the store contract suite
 #: holds it to. The due jobs are locked in claim order by the sub-select; RETURNING gives
 #: them in no particular order. A claim of 32 jobs through the store took 4.5-4.7 ms when it
 #: read the rows and wrote them back, 2.6 ms this way (and half the CPU of this process).
 _CLAIM_AT_LEVEL = (
-    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1, "
+    f"UPDATE jobs SET {CLAIM_SET}, "  # noqa: S608 - constant identifiers only
     "lease_owner = %(owner)s, lease_expires_at = %(expires)s, updated_at = %(now)s WHERE id = ANY(ARRAY("
 )
 _CLAIM_TAIL = f")) AND {_IN_CLAIMABLE} RETURNING {_COLS}"  # noqa: S608 - constant identifiers only
@@ -402,10 +409,6 @@ def _storable(text: str | None) -> bool:
     """PostgreSQL text cannot hold a NUL character: such a string matches no row (looking it
     up would be an error, a 500, instead of "not found")."""
     return text is None or "\x00" not in text
-
-
-def _in_level_order(job: Job) -> tuple[float, int]:
-    return job.run_at, job.seq
 
 
 class _PgTx:
@@ -476,7 +479,7 @@ class _PgTx:
             level = cursor.fetchone()
             while level is not None:
                 params.update(level=level[0], limit=request.limit - len(claimed))
-                found = sorted((job_from_row(r) for r in self._conn.execute(query, params)), key=_in_level_order)
+                found = sorted((job_from_row(r) for r in self._conn.execute(query, params)), key=in_level_order)
                 claimed.extend(found)
                 if len(claimed) >= request.limit:
                     break

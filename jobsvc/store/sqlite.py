@@ -54,7 +54,16 @@ import trio
 from ..codec import JOB_FIELDS, job_from_row
 from ..errors import ConfigError, StoreUnavailable
 from ..models import Job, JobState
-from ._sql import CLAIMABLE_STATES, FINAL_STATES, INSERTED, WRITABLE, insert_values, update_values
+from ._sql import (
+    CLAIM_SET,
+    CLAIMABLE_STATES,
+    FINAL_STATES,
+    INSERTED,
+    WRITABLE,
+    in_level_order,
+    insert_values,
+    update_values,
+)
 from .base import AttemptKey, ClaimRequest, Counts, Store, Tx
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
@@ -86,7 +95,7 @@ _NEXT_LEVEL = f"SELECT priority FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMAB
 #: form, held to it by the store contract suite), RETURNING them in no particular order.
 _CLAIM_FIND = f"SELECT seq, state FROM jobs INDEXED BY jobs_due WHERE {_IN_CLAIMABLE} AND priority = ? AND run_at <= ?"  # noqa: S608
 _CLAIM_WRITE = (
-    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_token = lease_token + 1, "  # noqa: S608 - constant identifiers only
+    f"UPDATE jobs SET {CLAIM_SET}, "  # noqa: S608 - constant identifiers only
     "lease_owner = ?, lease_expires_at = ?, updated_at = ? WHERE seq IN (SELECT value FROM json_each(?)) "
     f"RETURNING {_COLS}"
 )
@@ -180,10 +189,6 @@ def _unavailable(exc: Exception) -> StoreUnavailable:
 Deltas = Counter[tuple[str | None, str, JobState]]
 
 
-def _in_level_order(job: Job) -> tuple[float, int]:
-    return job.run_at, job.seq
-
-
 class _SQLiteTx:
     """The dialect: each primitive is a few statements on one connection, and notes the
     change it made to the counts in ``deltas``."""
@@ -244,7 +249,7 @@ class _SQLiteTx:
             was = dict(self._conn.execute(find, (level[0], request.now, *names, request.limit - len(claimed))).fetchall())
             if was:
                 rows = self._conn.execute(_CLAIM_WRITE, (*write, json.dumps(list(was)))).fetchall()
-                found = sorted(map(job_from_row, rows), key=_in_level_order)
+                found = sorted(map(job_from_row, rows), key=in_level_order)
                 for job in found:
                     self.deltas[(job.tenant, job.task, JobState(was[job.seq]))] -= 1
                     self.deltas[(job.tenant, job.task, job.state)] += 1
