@@ -6,9 +6,9 @@ any other ``BaseException`` a handler (or a library it calls) raises, so no job 
 the service down. The one thing that passes through is the cancellation of an enclosing
 scope (the shutdown deadline): the worker hands the job back and lets it propagate.
 
-The attempt's own cancel scope ends it early, with the per-attempt deadline as its
-deadline: cancelled on purpose (a client's cancel, or the job's lease lost to another
-instance: ``stopped()`` is true) it is :class:`~jobsvc.models.Cancelled`; at its deadline,
+The attempt's own cancel scope ends it early: cancelled on purpose (a client's cancel, or
+the job's lease lost to another instance: ``stopped()`` is true) it is
+:class:`~jobsvc.models.Cancelled`; cancelled by the runner at the attempt's time limit,
 ``Failed("Timeout", ...)``.
 """
 
@@ -74,9 +74,9 @@ async def run_attempt(
     stopped: Callable[[], bool],
     handlers: Handlers,
 ) -> Outcome:
-    """Run the attempt inside ``scope`` within ``timeout`` seconds; return how it ended.
-    ``stopped()`` tells a cancel on purpose from the deadline."""
-    scope.deadline = min(scope.deadline, trio.current_time() + timeout)
+    """Run the attempt inside ``scope``; return how it ended. The runner cancels ``scope``
+    when the attempt's ``timeout`` (seconds) is up; ``stopped()`` tells a cancel on purpose
+    (a client's cancel, a lost lease) from that."""
     outcome: Outcome = Failed("Interrupted", "the attempt did not finish")
     try:
         with scope:

@@ -82,6 +82,18 @@ async def test_per_job_timeout_overrides_the_task(service: JobService, autojump_
     assert (done.state, done.errors[0].type, trio.current_time()) == (JobState.DEAD, "Timeout", 2.0)
 
 
+async def test_a_shorter_time_limit_started_later_still_fires_on_time(service: JobService, autojump_clock: Any) -> None:
+    """Time limits are kept by one watcher, not by scope deadlines: an attempt started while
+    a longer one runs (limit at t=50) still ends at its own limit (t=1+2), not later."""
+    long = await submit(service, "nap", {"seconds": 100}, timeout=50, max_attempts=1)
+    await trio.sleep(1)
+    short = await submit(service, "nap", {"seconds": 100}, timeout=2, max_attempts=1)
+    done = await service.wait(short.id, 100)
+    assert (done.state, done.errors[0].type, done.errors[0].at - EPOCH, trio.current_time()) == (JobState.DEAD, "Timeout", 3.0, 3.0)
+    done = await service.wait(long.id, 100)
+    assert (done.state, done.errors[0].type, done.errors[0].at - EPOCH) == (JobState.DEAD, "Timeout", 50.0)
+
+
 async def test_permanent_error_skips_the_retries(service: JobService, autojump_clock: Any) -> None:
     """PermanentError dead-letters after one attempt."""
     job = await submit(service, "permanent")
