@@ -9,7 +9,12 @@ Theory of operation
 * **Operations.** The store is a dialect (:class:`_PgTx`) under the operations written once
   in :mod:`jobsvc.store.base`: every state change is computed by :mod:`jobsvc.models` and
   written fenced (``WHERE id = ? AND state = ? AND lease_token = ? AND cancel_requested = ?``)
-  in ONE statement for a whole batch (``UPDATE ... FROM unnest(...)``).
+  in ONE statement for a whole batch (``UPDATE ... FROM json_to_recordset(...)``).
+* **Batches as one JSON parameter.** A batch of rows (an insert, fenced writes) goes to the
+  server as one JSON array of row objects, read by ``json_to_recordset``, not as one array
+  parameter per column: psycopg dumps arrays element by element in Python, which cost 0.21
+  ms for a one-job insert (22 columns) and 0.65 ms for 32 outcomes, where ``json.dumps``
+  takes 0.02 ms and 0.05 ms (``docs/postgres.md``).
 * **Group commit.** Durable writes (a submission, a cancel, a redrive, a claim) that callers
   make at the same time share one transaction: the first caller to find a free slot runs
   whatever is queued (up to ``MAX_GROUP`` operations; at most ``group_slots`` such batches
@@ -75,6 +80,7 @@ and reject ``\\u0000``).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import random
 import secrets
@@ -313,10 +319,15 @@ def _sql_type(name: str) -> str:
 #: in the batch's order; RETURNING names the rows inserted.
 _SQL_INSERT = (
     f"INSERT INTO jobs ({', '.join(INSERTED)}) "  # noqa: S608 - constant identifiers only
-    f"SELECT {', '.join(INSERTED)} FROM unnest({', '.join(f'%s::{_sql_type(c)}[]' for c in INSERTED)}) "
+    f"SELECT {', '.join(INSERTED)} FROM ROWS FROM (json_to_recordset(%s::json) "
+    f"AS ({', '.join(f'{c} {_sql_type(c)}' for c in INSERTED)})) "
     f"WITH ORDINALITY AS u({', '.join(INSERTED)}, n) ORDER BY n "
     f"ON CONFLICT DO NOTHING RETURNING {_COLS}"
 )
+#: A batch of rows as the one JSON parameter ``json_to_recordset`` reads (floats as repr()
+#: writes them, which PostgreSQL reads back exactly; a lone surrogate fails to encode here,
+#: as it did in psycopg's dumpers).
+_rows_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")).encode
 #: Two index lookups (the primary key; the partial unique index on idempotency keys, whose
 #: predicate is spelled out so the planner may use it). One WHERE with ``OR`` over both read
 #: the whole table: 4 ms at 1,000 rows, 177 ms at 1,000,000, on every refused submission.
@@ -330,22 +341,31 @@ _SQL_GET = f"SELECT {_COLS} FROM jobs WHERE id = %s"  # noqa: S608 - constant id
 _SQL_GET_FOR_UPDATE = _SQL_GET + " FOR UPDATE"
 
 _FENCE = (("fence_id", "text"), ("fence_state", "text"), ("fence_token", "bigint"), ("fence_cancel", "boolean"))
-_UNNEST = [*_FENCE, *((c, _sql_type(c)) for c in WRITABLE)]
+_ROW_TYPES = [*_FENCE, *((c, _sql_type(c)) for c in WRITABLE)]
 #: Every fenced write of a batch in one statement; RETURNING names the rows written. Rows
 #: are locked in id order first, as the heartbeat locks them: two statements of this kind
-#: (an outcome batch and a heartbeat over the same attempts) can never deadlock.
+#: (an outcome batch and a heartbeat over the same attempts) can never deadlock. The rows
+#: are found by ``id = ANY(ARRAY(...))``, which the planner always serves from the primary
+#: key: it guesses 100 rows for ``json_to_recordset`` and, joining on it, scanned the
+#: whole table (23 ms at 20,000 rows, instead of about 2).
+@functools.cache
+def _row_names(changed: tuple[int, ...]) -> tuple[str, ...]:
+    """The keys of a fenced write's row objects: the fence, then the WRITABLE columns at ``changed``."""
+    return (*(name for name, _ in _FENCE), *(WRITABLE[i] for i in changed))
+
+
 @functools.cache
 def _sql_update(changed: tuple[int, ...]) -> str:
     """The fenced batch UPDATE setting the WRITABLE columns at ``changed`` (a handful of
     shapes: claim, success, retry...; each prepared by psycopg once it repeats)."""
-    unnest = [*_FENCE, *(_UNNEST[len(_FENCE) + i] for i in changed)]
+    columns = [*_FENCE, *(_ROW_TYPES[len(_FENCE) + i] for i in changed)]
     sets = ", ".join(f"{WRITABLE[i]} = v.{WRITABLE[i]}" for i in changed) or "id = j.id"
     return (
-        f"WITH v AS (SELECT * FROM unnest({', '.join(f'%({name})s::{type_}[]' for name, type_ in unnest)}) "  # noqa: S608 - constant identifiers only
-        f"AS v({', '.join(name for name, _ in unnest)})), "
-        "locked AS (SELECT j.id FROM jobs j JOIN v ON j.id = v.fence_id ORDER BY j.id FOR UPDATE OF j) "
+        "WITH v AS (SELECT * FROM json_to_recordset(%(rows)s::json) "  # noqa: S608 - constant identifiers only
+        f"AS v({', '.join(f'{name} {type_}' for name, type_ in columns)})), "
+        "locked AS (SELECT id FROM jobs WHERE id = ANY(ARRAY(SELECT fence_id FROM v)) ORDER BY id FOR UPDATE) "
         f"UPDATE jobs j SET {sets} FROM v "
-        "WHERE j.id = v.fence_id AND j.id IN (SELECT id FROM locked) AND j.state = v.fence_state "
+        "WHERE j.id = v.fence_id AND j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.state = v.fence_state "
         "AND j.lease_token = v.fence_token AND j.cancel_requested = v.fence_cancel RETURNING j.id"
     )
 
@@ -421,8 +441,8 @@ class _PgTx:
         self._notified = False
 
     def insert(self, jobs: Sequence[Job]) -> list[Job | None]:
-        columns = [list(values) for values in zip(*(insert_values(job) for job in jobs), strict=True)]
-        inserted = {row[0]: job_from_row(row) for row in self._conn.execute(_SQL_INSERT, columns)}
+        rows = _rows_json([dict(zip(INSERTED, insert_values(job), strict=True)) for job in jobs])
+        inserted = {row[0]: job_from_row(row) for row in self._conn.execute(_SQL_INSERT, (rows,))}
         # The first job of the batch with a given id is the one inserted (if any was).
         return [inserted.pop(job.id, None) for job in jobs]
 
@@ -453,14 +473,13 @@ class _PgTx:
         changed = tuple(
             i for i, name in enumerate(WRITABLE) if any(getattr(new, name) is not getattr(expected, name) for new, expected in pairs)
         )
-        rows = [
-            (expected.id, expected.state.value, expected.lease_token, expected.cancel_requested, *writable_values(new))
-            for new, expected in pairs
-        ]
-        values = list(zip(*rows, strict=True))
-        columns = {name: list(values[i]) for i, (name, _) in enumerate(_FENCE)}
-        columns.update((WRITABLE[i], list(values[len(_FENCE) + i])) for i in changed)
-        written = {r[0] for r in self._conn.execute(_sql_update(changed), columns)}
+        names = _row_names(changed)
+        rows = []
+        for new, expected in pairs:
+            values = writable_values(new)
+            fence = (expected.id, expected.state.value, expected.lease_token, expected.cancel_requested)
+            rows.append(dict(zip(names, (*fence, *(values[i] for i in changed)), strict=True)))
+        written = {r[0] for r in self._conn.execute(_sql_update(changed), {"rows": _rows_json(rows)})}
         return [expected.id in written for _, expected in pairs]
 
     def claim(self, request: ClaimRequest) -> list[Job]:
