@@ -118,7 +118,8 @@ class Runner:
         self._live_done = trio.Event()
         self._workers: trio.Nursery | None = None
         self._stuck_wake = trio.Event()
-        self._stuck_check_at = math.inf
+        #: the time-limit watcher's sleep: it looks again at its deadline (see _watch_running)
+        self._watch_timer = trio.CancelScope()
         attempts.on_stop = lambda: self._stuck_wake.set()  # the event is replaced on each look
 
     # -- what the other parts call -----------------------------------------------------
@@ -281,8 +282,8 @@ class Runner:
         attempt.phase = Phase.RUNNING
         attempt.started_at = started = trio.current_time()
         attempt.timeout = timeout
-        if started + timeout < self._stuck_check_at:
-            self._stuck_wake.set()  # the watcher ends it at its time limit
+        if started + timeout < self._watch_timer.deadline:
+            self._watch_timer.deadline = started + timeout  # the watcher ends it in time
         self._observer.job_event("started", job, waited=max(0.0, self._clock.now() - job.run_at))
         try:
             outcome = await run_attempt(
@@ -326,8 +327,9 @@ class Runner:
         CPU per job when nearly every attempt ends long before its limit. This one task
         sleeps until the earliest limit (or the earliest moment an attempt could be stuck)
         and cancels that attempt's scope; a cancel without a ``stop_reason`` is a timeout
-        (:func:`~jobsvc.service.executor.run_attempt`). It is woken when an attempt starts
-        whose limit comes sooner, when one is stopped, and when the shutdown begins."""
+        (:func:`~jobsvc.service.executor.run_attempt`). An attempt that starts with a sooner
+        limit brings its sleep's deadline forward (no wake-up: most attempts end long before
+        the watcher looks); a stopped attempt and the shutdown wake it."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._wake_on_shutdown)
             while True:
@@ -349,8 +351,7 @@ class Runner:
                         self.write_off(attempt)
                     else:
                         check_at = min(check_at, stuck_at)
-                self._stuck_check_at = check_at
-                with trio.move_on_at(check_at):
+                with trio.move_on_at(check_at) as self._watch_timer:
                     await self._stuck_wake.wait()
 
     async def _wake_on_shutdown(self) -> None:
