@@ -75,6 +75,12 @@ class Running:
 #: connection's start until its request's headers are in) the deadline for a request's headers:
 #: a slowloris connection holds a descriptor for at most this long.
 KEEP_ALIVE_TIMEOUT = 5
+#: Connections the kernel holds for the listener until jobsvc accepts them (capped by
+#: ``net.core.somaxconn``). hypercorn's default, 100, overflowed under a burst of short
+#: connections (tests/faults/test_slow_clients.py, phase A: 300 connections opened and closed
+#: at once): the kernel then drops new SYNs, and each dropped one costs its client a 1 s
+#: retransmission.
+LISTEN_BACKLOG = 1024
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -86,6 +92,7 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     config.graceful_timeout = settings.grace
     config.read_timeout = 30  # per receive: a client that goes silent is dropped
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    config.backlog = LISTEN_BACKLOG
     return config
 
 

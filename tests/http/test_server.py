@@ -12,7 +12,7 @@ import trio
 from jobsvc import cli
 from jobsvc.config import Settings
 from jobsvc.models import JobState
-from jobsvc.server import Running, hypercorn_config, run_service
+from jobsvc.server import LISTEN_BACKLOG, Running, hypercorn_config, run_service
 from jobsvc.tasks import Registry
 
 
@@ -49,6 +49,21 @@ async def test_run_service_serves_runs_and_drains(tmp_path: Path, nursery: trio.
         stored = await store.get(slow["id"])
         assert stored is not None and (stored.state, stored.attempts) == (JobState.PENDING, 0)
         assert (await store.counts()).by_state()[JobState.RUNNING] == 0
+
+
+async def test_the_listener_queues_a_burst_of_connections(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The listening socket's backlog (``ss`` shows it as Send-Q) is LISTEN_BACKLOG, capped by
+    net.core.somaxconn, not hypercorn's 100, whose overflow under a burst dropped SYNs (a 1 s
+    retransmission for the client)."""
+    settings = Settings(bind="127.0.0.1:0", db=f"sqlite:///{tmp_path / 'jobs.db'}", workers=1, grace=0.5)
+    with trio.fail_after(20):
+        running: Running = await nursery.start(partial(run_service, settings, registry=Registry.from_modules(["testtasks"])))
+        port = running.url.rsplit(":", 1)[1]
+        listing = await trio.run_process(["ss", "-ltnH", f"sport = :{port}"], capture_stdout=True)
+        running.shutdown()
+    [line] = listing.stdout.decode().splitlines()
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert int(line.split()[2]) == min(LISTEN_BACKLOG, somaxconn) > 100, line
 
 
 def test_hypercorn_config_follows_the_settings() -> None:
