@@ -62,7 +62,7 @@ async def test_the_listener_queues_a_burst_of_connections(tmp_path: Path, nurser
         listing = await trio.run_process(["ss", "-ltnH", f"sport = :{port}"], capture_stdout=True)
         running.shutdown()
     [line] = listing.stdout.decode().splitlines()
-    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    somaxconn = int(await trio.Path("/proc/sys/net/core/somaxconn").read_text())
     assert int(line.split()[2]) == min(LISTEN_BACKLOG, somaxconn) > 100, line
 
 
