@@ -324,7 +324,7 @@ class Runner:
 
         A time limit is not a deadline on the attempt's cancel scope: trio registers each
         scope deadline on entry and drops it on exit, which cost about 3 % of the engine's
-        CPU per job when nearly every attempt ends long before its limit. This one task
+        instructions per job when nearly every attempt ends long before its limit. This one task
         sleeps until the earliest limit (or the earliest moment an attempt could be stuck)
         and cancels that attempt's scope; a cancel without a ``stop_reason`` is a timeout
         (:func:`~jobsvc.service.executor.run_attempt`). An attempt that starts with a sooner

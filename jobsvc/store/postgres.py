@@ -342,18 +342,20 @@ _SQL_GET_FOR_UPDATE = _SQL_GET + " FOR UPDATE"
 
 _FENCE = (("fence_id", "text"), ("fence_state", "text"), ("fence_token", "bigint"), ("fence_cancel", "boolean"))
 _ROW_TYPES = [*_FENCE, *((c, _sql_type(c)) for c in WRITABLE)]
-#: Every fenced write of a batch in one statement; RETURNING names the rows written. Rows
-#: are locked in id order first, as the heartbeat locks them: two statements of this kind
-#: (an outcome batch and a heartbeat over the same attempts) can never deadlock. The rows
-#: are found by ``id = ANY(ARRAY(...))``, which the planner always serves from the primary
-#: key: it guesses 100 rows for ``json_to_recordset`` and, joining on it, scanned the
-#: whole table (23 ms at 20,000 rows, instead of about 2).
+
+
 @functools.cache
 def _row_names(changed: tuple[int, ...]) -> tuple[str, ...]:
     """The keys of a fenced write's row objects: the fence, then the WRITABLE columns at ``changed``."""
     return (*(name for name, _ in _FENCE), *(WRITABLE[i] for i in changed))
 
 
+#: Every fenced write of a batch in one statement; RETURNING names the rows written. Rows
+#: are locked in id order first, as the heartbeat locks them: two statements of this kind
+#: (an outcome batch and a heartbeat over the same attempts) can never deadlock. The rows
+#: are found by ``id = ANY(ARRAY(...))``, which the planner always serves from the primary
+#: key: it guesses 100 rows for ``json_to_recordset`` and, joining on it, scanned the
+#: whole table (23 ms at 20,000 rows, instead of about 2).
 @functools.cache
 def _sql_update(changed: tuple[int, ...]) -> str:
     """The fenced batch UPDATE setting the WRITABLE columns at ``changed`` (a handful of
