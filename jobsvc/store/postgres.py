@@ -371,6 +371,24 @@ def _sql_update(changed: tuple[int, ...]) -> str:
         "AND j.lease_token = v.fence_token AND j.cancel_requested = v.fence_cancel RETURNING j.id"
     )
 
+
+def _fenced_update(pairs: Sequence[tuple[Job, Job]]) -> tuple[str, dict[str, str]]:
+    """The statement and parameters writing ``(new, expected)`` pairs of distinct jobs, each
+    fenced on ``expected``. Only the columns some pair changes are sent (a field a
+    transition leaves alone is the same object in both jobs): a claim or a success changes
+    5-6 of the 12."""
+    changed = tuple(
+        i for i, name in enumerate(WRITABLE) if any(getattr(new, name) is not getattr(expected, name) for new, expected in pairs)
+    )
+    names = _row_names(changed)
+    rows = []
+    for new, expected in pairs:
+        values = writable_values(new)
+        fence = (expected.id, expected.state.value, expected.lease_token, expected.cancel_requested)
+        rows.append(dict(zip(names, (*fence, *(values[i] for i in changed)), strict=True)))
+    return _sql_update(changed), {"rows": _rows_json(rows)}
+
+
 #: Sent before the claim queries, for this transaction only: the planner's row estimates for
 #: a queue table swing wildly (an idle queue was analyzed with no pending rows, then a burst
 #: arrives); without sorts and bitmap scans it walks the jobs_due index in claim order and
@@ -470,18 +488,7 @@ class _PgTx:
             # Several pairs for one job: in order, each fenced on what came before (one
             # UPDATE ... FROM would write the row once, from any one of them).
             return [ok for pair in pairs for ok in self.update([pair])]
-        # Only the columns some pair changes are sent (a field a transition leaves alone is
-        # the same object in both jobs): a claim or a success changes 5-6 of the 12.
-        changed = tuple(
-            i for i, name in enumerate(WRITABLE) if any(getattr(new, name) is not getattr(expected, name) for new, expected in pairs)
-        )
-        names = _row_names(changed)
-        rows = []
-        for new, expected in pairs:
-            values = writable_values(new)
-            fence = (expected.id, expected.state.value, expected.lease_token, expected.cancel_requested)
-            rows.append(dict(zip(names, (*fence, *(values[i] for i in changed)), strict=True)))
-        written = {r[0] for r in self._conn.execute(_sql_update(changed), {"rows": _rows_json(rows)})}
+        written = {r[0] for r in self._conn.execute(*_fenced_update(pairs))}
         return [expected.id in written for _, expected in pairs]
 
     def claim(self, request: ClaimRequest) -> list[Job]:

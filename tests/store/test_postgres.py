@@ -241,10 +241,9 @@ async def test_fenced_writes_find_their_rows_by_the_primary_key(store: PostgresS
     due = [await store.get(f"bulk{i}") for i in range(1, 33)]
     claimed = [claim(job, owner="w", now=NOW, lease=30) for job in due if job is not None]
     pairs = [(succeed(job, result=None, now=NOW + 1), job) for job in claimed]
-    changed = tuple(i for i, name in enumerate(postgres.WRITABLE) if any(getattr(n, name) is not getattr(e, name) for n, e in pairs))
-    rows = [dict(zip(postgres._row_names(changed), (e.id, e.state.value, e.lease_token, e.cancel_requested, *(postgres.writable_values(n)[i] for i in changed)), strict=True)) for n, e in pairs]
+    query, params = postgres._fenced_update(pairs)  # what _PgTx.update sends
     with psycopg.connect(pg_url) as conn:
-        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + postgres._sql_update(changed), {"rows": postgres._rows_json(rows)}))
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query, params))
     assert "Seq Scan on jobs" not in plan and "jobs_pkey" in plan, plan
     written = await store.record([Finished(job, Succeeded(None), NOW + 1) for job in claimed])
     assert written == [None] * 32  # never claimed in the store: each fenced out, none written
