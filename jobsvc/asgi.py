@@ -6,7 +6,9 @@ binds). The service (store, workers, recorder, maintenance) is opened with
 ``jobsvc serve``, and drains at its shutdown.
 
 Logging is set up in the lifespan as ``jobsvc serve`` sets it up (``JOBSVC_LOG_LEVEL``,
-``JOBSVC_LOG_FORMAT``); hypercorn's own messages go through it too.
+``JOBSVC_LOG_FORMAT``); hypercorn's own messages go through it too. Once the service is open,
+the module-level ``app`` sets the process's garbage collector up as ``jobsvc serve`` does
+(:func:`jobsvc.server.tune_gc`); an app made with ``JobsvcASGI()`` leaves it alone.
 
 Caveats, prefer ``jobsvc serve``:
 
@@ -45,7 +47,7 @@ from .config import Settings
 from .errors import ConfigError, JobsvcError, StoreUnavailable
 from .logs import configure_logging
 from .metrics import PrometheusObserver
-from .server import log_access_control
+from .server import log_access_control, tune_gc
 from .service import open_service
 
 __all__ = ["JobsvcASGI", "app"]
@@ -57,10 +59,13 @@ class JobsvcASGI:
     """An ASGI app whose lifespan opens the service and whose requests go to
     ``create_app(service)`` once it is open."""
 
-    def __init__(self, *, exit_on_startup_failure: bool = False) -> None:
+    def __init__(self, *, exit_on_startup_failure: bool = False, tune_gc: bool = False) -> None:
         self.app: Starlette | None = None
         #: print one line and end the (hypercorn worker) process when start-up fails
         self.exit_on_startup_failure = exit_on_startup_failure
+        #: set the process's garbage collector up as ``jobsvc serve`` does, once started
+        #: (:func:`jobsvc.server.tune_gc`)
+        self.tune_gc = tune_gc
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -85,6 +90,8 @@ class JobsvcASGI:
             log_access_control(settings, auth)
             async with open_service(settings, observer=PrometheusObserver()) as service:
                 self.app = create_app(service, auth=auth)
+                if self.tune_gc:
+                    tune_gc()
                 await send({"type": "lifespan.startup.complete"})
                 started = True
                 await receive()  # lifespan.shutdown
@@ -121,4 +128,4 @@ def _exit_with(exc: JobsvcError) -> None:  # pragma: no cover - runs in a hyperc
 
 
 #: The hypercorn CLI entry point: ``hypercorn --worker-class trio jobsvc.asgi:app``.
-app = JobsvcASGI(exit_on_startup_failure=True)
+app = JobsvcASGI(exit_on_startup_failure=True, tune_gc=True)

@@ -207,11 +207,12 @@ def _run(args: argparse.Namespace, flags: dict[str, object]) -> int:
             print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "the schema is up to date")
             return 0
         settings.check_exposure()  # before anything is opened: one line, exit 2
-        from .server import run_service
+        from .server import run_service, tune_gc
         from .tasks import Registry
 
         _cwd_on_path()
         registry = Registry.from_modules(settings.tasks)
+        tune_gc()
         trio.run(partial(run_service, settings, registry=registry, handle_signals=True, on_listening=_listening))
     except ConfigError as exc:
         print(f"jobsvc: error: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -49,6 +50,16 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "jobsvc"))
 def max_jitter(low: float, high: float) -> float:
     """A deterministic 'random' jitter: always the ceiling, so backoff sums are exact."""
     return high
+
+
+@pytest.fixture(autouse=True)
+def _restore_gc() -> Iterator[None]:
+    """A test that runs ``jobsvc serve`` in-process tunes the garbage collector for the whole
+    process (``jobsvc.server.tune_gc``, as the CLI does): put it back as it was."""
+    threshold = gc.get_threshold()
+    yield
+    gc.set_threshold(*threshold)
+    gc.unfreeze()
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import trio
 from jobsvc import cli
 from jobsvc.config import Settings
 from jobsvc.models import JobState
-from jobsvc.server import LISTEN_BACKLOG, Running, hypercorn_config, run_service
+from jobsvc.server import GC_THRESHOLD, LISTEN_BACKLOG, Running, hypercorn_config, run_service, tune_gc
 from jobsvc.tasks import Registry
 
 
@@ -72,6 +73,30 @@ def test_hypercorn_config_follows_the_settings() -> None:
     assert (config.bind, config.graceful_timeout, config.include_server_header) == (["127.0.0.1:0"], 7, False)
 
 
+def test_tune_gc_freezes_the_start_up_heap_and_raises_the_young_threshold() -> None:
+    """After tune_gc, what is alive now is never scanned again (frozen), and a young pass
+    waits for 10,000 net allocations instead of 700 (conftest's _restore_gc undoes both)."""
+    assert gc.get_freeze_count() == 0
+    tune_gc()
+    assert gc.get_threshold() == GC_THRESHOLD == (10_000, 10, 10)
+    assert gc.get_freeze_count() > 10_000  # the modules, classes and functions imported so far
+
+
+def test_serve_tunes_the_gc_once_its_task_modules_are_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``jobsvc serve`` calls tune_gc once, after importing the --tasks modules (whose
+    objects then live for good) and before it runs the service."""
+    import sys
+
+    from jobsvc import server
+
+    calls: list[bool] = []
+    monkeypatch.delitem(sys.modules, "testtasks", raising=False)
+    monkeypatch.setattr(server, "tune_gc", lambda: calls.append("testtasks" in sys.modules))
+    # an unusable database: the service fails to open, after tune_gc
+    assert cli.main(["serve", "--bind", "127.0.0.1:0", "--tasks", "testtasks", "--db", f"sqlite:///{tmp_path}/nope/x.db"]) == 2
+    assert calls == [True]
+
+
 def test_cli_reports_bad_configuration(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A configuration error is one clear line on stderr and exit code 2."""
     monkeypatch.setenv("JOBSVC_WORKER", "3")
@@ -129,7 +154,10 @@ async def test_asgi_app_under_hypercorn_runs_jobs_and_drains_in_its_lifespan(tmp
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
-    app = asgi.JobsvcASGI()
+    app = asgi.JobsvcASGI(tune_gc=True)
+    tuned: list[bool] = []
+    monkeypatch.setattr(asgi, "tune_gc", lambda: tuned.append(app.app is not None))
+    assert asgi.app.tune_gc and not asgi.JobsvcASGI().tune_gc  # the hypercorn CLI's app tunes the GC
     shutdown = trio.Event()
     served = trio.Event()
 
@@ -141,6 +169,7 @@ async def test_asgi_app_under_hypercorn_runs_jobs_and_drains_in_its_lifespan(tmp
 
     with trio.fail_after(20):
         binds = await nursery.start(serve)
+        assert tuned == [True]  # once, with the service open
         async with httpx.AsyncClient(base_url=binds[0]) as client:
             job = (await client.post("/jobs", json={"task": "nap", "payload": {"seconds": 0.01}})).json()
             done = (await client.get(f"/jobs/{job['id']}", params={"wait": 10})).json()
