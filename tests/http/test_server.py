@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from jobsvc import cli
+from jobsvc import cli, server
 from jobsvc.config import Settings
 from jobsvc.models import JobState
 from jobsvc.server import GC_THRESHOLD, LISTEN_BACKLOG, Running, hypercorn_config, run_service, tune_gc
@@ -85,10 +86,6 @@ def test_tune_gc_freezes_the_start_up_heap_and_raises_the_young_threshold() -> N
 def test_serve_tunes_the_gc_once_its_task_modules_are_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``jobsvc serve`` calls tune_gc once, after importing the --tasks modules (whose
     objects then live for good) and before it runs the service."""
-    import sys
-
-    from jobsvc import server
-
     calls: list[bool] = []
     monkeypatch.delitem(sys.modules, "testtasks", raising=False)
     monkeypatch.setattr(server, "tune_gc", lambda: calls.append("testtasks" in sys.modules))
