@@ -10,7 +10,14 @@ parameterised by counts (:class:`Params`; ``--quick`` runs them small):
   ``saturation_s`` seconds to find the accepted jobs/s R; once those jobs are done, an
   open-loop client (raw trio sockets, in this process) sends ``stamp`` jobs at R/2 for ``paced_s``
   seconds, each carrying its send time; ``stamp`` (``benchtasks.py``) returns ``time.time()``
-  at handler start, so latency = handler start - client send, p50/p99/max in ms.
+  at handler start, so latency = handler start - client send, p50/p99/max in ms. The same
+  client also times each answer (send to the last byte of the 202), and then paces the
+  hypercorn trio floor (``floor_app``: parse the body, answer 202; no store) at the same
+  rate: the answer times the bare server gets from this machine at that rate, the reference
+  for jobsvc's. Both servers' CPU (% of one core) over the paced run is reported too: requests
+  that come one at a time cost a server more CPU each than wrk's 50 connections do (no
+  group commit to share, one scheduler round per request), so half of wrk's rate is not
+  half of a core.
 * *big backlog drain* (:func:`backlog_drain`): ``backlog_big`` vs ``backlog_small`` due noop
   jobs stored while no server runs; the server starts; seconds from its port answering until
   the first ``first_k`` jobs finished, jobs/s, and the ratio big/small.
@@ -46,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 import trio  # noqa: E402
-from load import cpu_percent, time_to_count, wait_until, wrk  # noqa: E402
+from load import CpuMeter, Proc, cpu_percent, free_port, spawn, time_to_count, wait_until, wrk  # noqa: E402
 from report import (  # noqa: E402
     SHARED_CORES_NOTE,
     col,
@@ -59,7 +66,7 @@ from report import (  # noqa: E402
     table,
     times,
 )
-from targets import Env, JobsvcTarget  # noqa: E402
+from targets import BENCH_DIR, Env, JobsvcTarget  # noqa: E402
 
 __all__ = ["Params", "backlog_drain", "latency_at_half", "main", "render", "scheduled"]
 
@@ -167,6 +174,7 @@ async def _paced(url: str, *, rate: float, seconds: float) -> dict[str, Any]:
     n = max(1, int(rate * seconds))
     statuses: Counter[str] = Counter()
     lags: list[float] = []
+    answers: list[float] = []  #: seconds from send to the whole answer, of the 2xx ones
     idle: list[_Connection] = []
 
     async def connection() -> _Connection:
@@ -181,7 +189,11 @@ async def _paced(url: str, *, rate: float, seconds: float) -> dict[str, Any]:
         conn = await connection()
         lags.append(trio.current_time() - due)  # how late the request leaves
         try:
-            statuses[await conn.post(_stamp_request(port, time.time()))] += 1
+            sent = trio.current_time()
+            status = await conn.post(_stamp_request(port, time.time()))
+            statuses[status] += 1
+            if status.startswith("2"):
+                answers.append(trio.current_time() - sent)
         except (OSError, ConnectionError, trio.BrokenResourceError) as exc:
             statuses[type(exc).__name__] += 1
             await conn.stream.aclose()
@@ -202,7 +214,31 @@ async def _paced(url: str, *, rate: float, seconds: float) -> dict[str, Any]:
     finally:
         for conn in idle:
             await conn.stream.aclose()
-    return {"sent": n, "statuses": dict(statuses), "max_send_lag_ms": round(max(lags) * 1000, 1), "connections": len(idle)}
+    ms = [a * 1000 for a in answers] or [math.nan]
+    return {
+        "sent": n,
+        "statuses": dict(statuses),
+        "max_send_lag_ms": round(max(lags) * 1000, 1),
+        "connections": len(idle),
+        "answer_p50_ms": round(_percentile(ms, 50), 2),
+        "answer_p99_ms": round(_percentile(ms, 99), 2),
+    }
+
+
+def _paced_server(proc: Proc, *, rate: float, seconds: float) -> dict[str, Any]:
+    """:func:`_paced` against ``proc``, with the server's CPU (% of one core) meanwhile."""
+    meter = CpuMeter(proc.pid)
+    meter.start()
+    paced = trio.run(partial(_paced, proc.url, rate=rate, seconds=seconds))
+    return {**paced, "cpu_percent": round(meter.stop(), 1)}
+
+
+def _paced_floor(env: Env, *, rate: float, seconds: float) -> dict[str, Any]:
+    """The same open-loop client against the hypercorn trio floor (``floor_app``)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "1", "--bind", f"127.0.0.1:{port}", "floor_app:app"]
+    with spawn("floor-hypercorn-trio-paced", argv, log_dir=env.workdir, port=port, env=env.child_env(), cwd=BENCH_DIR) as proc:
+        return _paced_server(proc, rate=rate, seconds=seconds)
 
 
 def _stamp_latencies_ms(url: str) -> list[float]:
@@ -226,11 +262,12 @@ def latency_at_half(target: JobsvcTarget, params: Params) -> dict[str, Any]:
         rate = saturated.ok_per_s / 2
         if rate <= 0:
             raise RuntimeError(f"{target.name}: no job accepted while saturating: {saturated.raw}")
-        paced = trio.run(partial(_paced, proc.url, rate=rate, seconds=params.paced_s))
+        paced = _paced_server(proc, rate=rate, seconds=params.paced_s)
         _all_done(target, params.finish_timeout)
         latencies = _stamp_latencies_ms(proc.url)
     if not latencies:
         raise RuntimeError(f"{target.name}: no stamp job succeeded ({paced['statuses']})")
+    floor = _paced_floor(target.env, rate=rate, seconds=params.paced_s)
     return {
         "saturating_accepted_per_s": round(saturated.ok_per_s, 1),
         "saturating_p99_ms": saturated.latency_ms.get("p99"),
@@ -240,6 +277,11 @@ def latency_at_half(target: JobsvcTarget, params: Params) -> dict[str, Any]:
         "p50_ms": round(_percentile(latencies, 50), 2),
         "p99_ms": round(_percentile(latencies, 99), 2),
         "max_ms": round(max(latencies), 2),
+        "floor_answer_p50_ms": floor["answer_p50_ms"],
+        "floor_answer_p99_ms": floor["answer_p99_ms"],
+        "floor_statuses": floor["statuses"],
+        "floor_max_send_lag_ms": floor["max_send_lag_ms"],
+        "floor_cpu_percent": floor["cpu_percent"],
     }
 
 
@@ -345,6 +387,10 @@ LATENCY_COLUMNS = [
     col("p50 ms", "p50_ms"),
     col("p99 ms", "p99_ms"),
     col("max ms", "max_ms"),
+    ("answer p50 / p99 ms", lambda r: f"{r.get('answer_p50_ms', '')} / {r.get('answer_p99_ms', '')}"),
+    col("CPU % while paced", "cpu_percent"),
+    ("hypercorn floor's answer p50 / p99 ms at the same pace", lambda r: f"{r.get('floor_answer_p50_ms', '')} / {r.get('floor_answer_p99_ms', '')}"),
+    col("floor's CPU % while paced", "floor_cpu_percent"),
 ]
 BACKLOG_COLUMNS = [
     col("backlog", "backlog"),
