@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import trio  # noqa: E402
 from load import CpuMeter, Proc, cpu_percent, free_port, spawn, time_to_count, wait_until, wrk  # noqa: E402
+from peers import FLOORS  # noqa: E402
 from report import (  # noqa: E402
     SHARED_CORES_NOTE,
     col,
@@ -236,8 +237,8 @@ def _paced_server(proc: Proc, *, rate: float, seconds: float) -> dict[str, Any]:
 def _paced_floor(env: Env, *, rate: float, seconds: float) -> dict[str, Any]:
     """The same open-loop client against the hypercorn trio floor (``floor_app``)."""
     port = free_port()
-    argv = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--workers", "1", "--bind", f"127.0.0.1:{port}", "floor_app:app"]
-    with spawn("floor-hypercorn-trio-paced", argv, log_dir=env.workdir, port=port, env=env.child_env(), cwd=BENCH_DIR) as proc:
+    make_argv, _ = FLOORS["hypercorn-trio"]
+    with spawn("floor-hypercorn-trio-paced", make_argv(port), log_dir=env.workdir, port=port, env=env.child_env(), cwd=BENCH_DIR) as proc:
         return _paced_server(proc, rate=rate, seconds=seconds)
 
 

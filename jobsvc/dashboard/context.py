@@ -104,9 +104,9 @@ def make_templates() -> Jinja2Templates:
     """Jinja2 with autoescape on for every template (whatever its extension) and undefined
     names as errors, so a typo cannot silently print nothing.
 
-    Jinja2 is imported here, not at the top: it is a fifth of ``jobsvc serve``'s start-up
-    (about 0.1 s on the benchmark machine), and a service whose dashboard nobody opens
-    never needs it."""
+    Jinja2 is imported here, not at the top: it was about a fifth of what ``jobsvc serve``
+    imports (``python -X importtime``), and a service whose dashboard nobody opens never
+    needs it."""
     import jinja2
     from starlette.templating import Jinja2Templates
 

@@ -465,8 +465,8 @@ trio.run(main)
 
 
 def test_jinja2_is_imported_when_the_first_page_renders_not_at_start_up() -> None:
-    """About a fifth of ``jobsvc serve``'s start-up was Jinja2's import: the templates are
-    made when the dashboard first renders a page."""
+    """Jinja2 was about a fifth of what ``jobsvc serve`` imports: the templates are made
+    when the dashboard first renders a page."""
     done = subprocess.run([sys.executable, "-c", LAZY_JINJA2], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["before False", "status 200", "after True"]
