@@ -15,6 +15,8 @@ is httpx on trio with bounded concurrency; every loop is bounded in count and ti
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -253,17 +255,28 @@ async def test_kill_9_of_one_instance_loses_nothing_and_its_jobs_are_rescued(clu
 
     async def killer() -> None:
         nonlocal killed_at
-        # wait (bounded) until the victim is in the middle of some executions
+        owned = "SELECT count(*) FROM jobs WHERE state = 'running' AND split_part(lease_owner, ':', 2) = %s"
+        # wait (bounded) until the victim is in the middle of some executions. It is frozen
+        # (SIGSTOP) while it is looked at, so that what is seen is what the kill leaves behind:
+        # a 0.2 s job seen running could otherwise finish before the kill on a loaded machine
+        # (CI once saw 1 held job). A frozen process cannot commit; 50 ms lets statements it
+        # sent before it froze finish, and the count is read twice.
         with trio.fail_after(60):
             while True:
+                await trio.sleep(0.02)
+                if len(result.accepted) < 300:
+                    continue
+                os.kill(victim.pid, signal.SIGSTOP)
+                time.sleep(0.05)  # noqa: ASYNC251 - real time on purpose, and the test's own tasks must not run now
                 runs = read_executions(cluster.ledger)
                 busy = [r for rs in runs.values() for r in rs if r.pid == victim.pid and r.end is None]
-                if len(result.accepted) >= 300 and len(busy) >= 3:
+                [(frozen_held,)] = db(cluster.pg_url, owned, (str(victim.pid),))
+                time.sleep(0.05)  # noqa: ASYNC251 - as above; two equal counts: nothing was still in flight
+                if len(busy) >= 3 and frozen_held >= 3 and db(cluster.pg_url, owned, (str(victim.pid),)) == [(frozen_held,)]:
                     break
-                await trio.sleep(0.02)
-        owned = "SELECT count(*) FROM jobs WHERE state = 'running' AND split_part(lease_owner, ':', 2) = %s"
+                os.kill(victim.pid, signal.SIGCONT)
         killed_at = time.time()
-        victim.stop()  # SIGKILL by PID, reaped
+        victim.stop()  # SIGKILL by PID (of a stopped process too), reaped
         [(held,)] = db(cluster.pg_url, owned, (str(victim.pid),))
         held_at_kill.append(held)
         with trio.fail_after(30):  # poll (bounded) until the survivors took all of them back
