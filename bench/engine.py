@@ -22,7 +22,9 @@ parameterised by counts (:class:`Params`; ``--quick`` runs them small):
   jobs stored while no server runs; the server starts; seconds from its port answering until
   the first ``first_k`` jobs finished, jobs/s, and the ratio big/small.
 * *idle CPU* and *counts cost* (:func:`scheduled`): ``rows_small`` vs ``rows_big`` noop jobs
-  scheduled an hour ahead (nothing due), the server started with ``--max-pending 10``; its
+  scheduled an hour ahead (nothing due), stored while no server runs and settled
+  (:meth:`JobsvcTarget.settle`: PostgreSQL vacuumed, analyzed and checkpointed, SQLite's WAL
+  checkpointed), the server started with ``--max-pending 10``; its
   CPU % of one core over ``idle_window_s`` seconds, then the mean time of ``requests``
   sequential ``GET /ready``, ``GET /metrics`` and ``POST /jobs`` (answered 429) over one
   keep-alive connection, and the ratio big/small.
@@ -346,6 +348,7 @@ def _admitted_before_429(client: httpx.Client, limit: int = 100) -> int:
 def _scheduled_one(target: JobsvcTarget, rows: int, params: Params) -> dict[str, Any]:
     target.reset()
     target.prefill(rows, delay=3600.0)
+    target.settle()
     t_spawn = time.monotonic()
     with target.server(max_pending=10) as proc:
         listen_s = time.monotonic() - t_spawn
