@@ -17,7 +17,10 @@ parameterised by counts (:class:`Params`; ``--quick`` runs them small):
   for jobsvc's. Both servers' CPU (% of one core) over the paced run is reported too: requests
   that come one at a time cost a server more CPU each than wrk's 50 connections do (no
   group commit to share, one scheduler round per request), so half of wrk's rate is not
-  half of a core.
+  half of a core. And the server's ``insert`` histogram (``GET /metrics``) read before and
+  after the paced run gives how many submissions' durable inserts took over 10 and 25 ms:
+  a submission is answered, and its job claimed, only once its insert committed, so a
+  commit that stalls on the disk's fsync delays every submission that arrives meanwhile.
 * *big backlog drain* (:func:`backlog_drain`): ``backlog_big`` vs ``backlog_small`` due noop
   jobs stored while no server runs; the server starts; seconds from its port answering until
   the first ``first_k`` jobs finished, jobs/s, and the ratio big/small.
@@ -244,6 +247,31 @@ def _paced_floor(env: Env, *, rate: float, seconds: float) -> dict[str, Any]:
         return _paced_server(proc, rate=rate, seconds=seconds)
 
 
+def _insert_histogram(url: str) -> dict[float, float]:
+    """The server's ``insert`` durations from ``GET /metrics``: bucket upper bound (s) ->
+    cumulative count. A submission answers after its insert commits, so the inserts that
+    took long are the store's share of the latency tail."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).raise_for_status().text
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "jobsvc_store_operation_duration_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("operation") == "insert":
+                    out[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def _slow_inserts(before: dict[float, float], after: dict[float, float]) -> dict[str, int]:
+    """Inserts between two readings, and how many of them took over 10 and over 25 ms."""
+
+    def over(le: float) -> int:
+        return int((after[math.inf] - after[le]) - (before.get(math.inf, 0) - before.get(le, 0)))
+
+    return {"inserts": int(after[math.inf] - before.get(math.inf, 0)), "inserts_over_10ms": over(0.01), "inserts_over_25ms": over(0.025)}
+
+
 def _stamp_latencies_ms(url: str) -> list[float]:
     """handler start - client send of every succeeded ``stamp`` job, in ms (keyset pages)."""
     out: list[float] = []
@@ -265,7 +293,9 @@ def latency_at_half(target: JobsvcTarget, params: Params) -> dict[str, Any]:
         rate = saturated.ok_per_s / 2
         if rate <= 0:
             raise RuntimeError(f"{target.name}: no job accepted while saturating: {saturated.raw}")
+        inserts_before = _insert_histogram(proc.url)
         paced = _paced_server(proc, rate=rate, seconds=params.paced_s)
+        slow_inserts = _slow_inserts(inserts_before, _insert_histogram(proc.url))
         _all_done(target, params.finish_timeout)
         latencies = _stamp_latencies_ms(proc.url)
     if not latencies:
@@ -276,6 +306,7 @@ def latency_at_half(target: JobsvcTarget, params: Params) -> dict[str, Any]:
         "saturating_p99_ms": saturated.latency_ms.get("p99"),
         "paced_rate_per_s": round(rate, 1),
         **paced,
+        **slow_inserts,
         "measured": len(latencies),
         "p50_ms": round(_percentile(latencies, 50), 2),
         "p99_ms": round(_percentile(latencies, 99), 2),
@@ -393,6 +424,7 @@ LATENCY_COLUMNS = [
     col("max ms", "max_ms"),
     ("answer p50 / p99 ms", lambda r: f"{r.get('answer_p50_ms', '')} / {r.get('answer_p99_ms', '')}"),
     col("CPU % while paced", "cpu_percent"),
+    ("inserts over 10 / 25 ms", lambda r: f"{r.get('inserts_over_10ms', '')} / {r.get('inserts_over_25ms', '')} of {r.get('inserts', '')}"),
     ("hypercorn floor's answer p50 / p99 ms at the same pace", lambda r: f"{r.get('floor_answer_p50_ms', '')} / {r.get('floor_answer_p99_ms', '')}"),
     col("floor's CPU % while paced", "floor_cpu_percent"),
 ]
