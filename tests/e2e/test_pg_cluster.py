@@ -259,20 +259,23 @@ async def test_kill_9_of_one_instance_loses_nothing_and_its_jobs_are_rescued(clu
         # wait (bounded) until the victim is in the middle of some executions. It is frozen
         # (SIGSTOP) while it is looked at, so that what is seen is what the kill leaves behind:
         # a 0.2 s job seen running could otherwise finish before the kill on a loaded machine
-        # (CI once saw 1 held job). A frozen process cannot commit; 50 ms lets statements it
-        # sent before it froze finish, and the count is read twice.
+        # (CI once saw 1 held job). A frozen process writes no more ledger lines and sends no
+        # more statements; its rows are counted until two reads agree, for those it sent just
+        # before it froze.
         with trio.fail_after(60):
             while True:
                 await trio.sleep(0.02)
                 if len(result.accepted) < 300:
                     continue
                 os.kill(victim.pid, signal.SIGSTOP)
-                time.sleep(0.05)  # noqa: ASYNC251 - real time on purpose, and the test's own tasks must not run now
                 runs = read_executions(cluster.ledger)
                 busy = [r for rs in runs.values() for r in rs if r.pid == victim.pid and r.end is None]
-                [(frozen_held,)] = db(cluster.pg_url, owned, (str(victim.pid),))
-                time.sleep(0.05)  # noqa: ASYNC251 - as above; two equal counts: nothing was still in flight
-                if len(busy) >= 3 and frozen_held >= 3 and db(cluster.pg_url, owned, (str(victim.pid),)) == [(frozen_held,)]:
+                frozen_held, previous = -1, -2
+                while frozen_held != previous:  # noqa: ASYNC110 - polling another process, bounded above
+                    previous = frozen_held
+                    await trio.sleep(0.02)
+                    [(frozen_held,)] = db(cluster.pg_url, owned, (str(victim.pid),))
+                if len(busy) >= 3 and frozen_held >= 3:
                     break
                 os.kill(victim.pid, signal.SIGCONT)
         killed_at = time.time()
