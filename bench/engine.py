@@ -21,6 +21,9 @@ parameterised by counts (:class:`Params`; ``--quick`` runs them small):
   after the paced run gives how many submissions' durable inserts took over 10 and 25 ms:
   a submission is answered, and its job claimed, only once its insert committed, so a
   commit that stalls on the disk's fsync delays every submission that arrives meanwhile.
+  After a latency run, :mod:`fsync_probe` times ``fsync_probe_s`` seconds of durable
+  one-row commits in the same work directory without jobsvc (the machine section lists it):
+  what the disk does to those commits on its own.
 * *big backlog drain* (:func:`backlog_drain`): ``backlog_big`` vs ``backlog_small`` due noop
   jobs stored while no server runs; the server starts; seconds from its port answering until
   the first ``first_k`` jobs finished, jobs/s, and the ratio big/small.
@@ -56,6 +59,7 @@ from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fsync_probe  # noqa: E402
 import httpx  # noqa: E402
 import trio  # noqa: E402
 from load import CpuMeter, Proc, cpu_percent, free_port, spawn, time_to_count, wait_until, wrk  # noqa: E402
@@ -101,12 +105,14 @@ class Params:
     idle_settle_s: float = 2.0  #: wait after start-up before the CPU window opens
     requests: int = 200  #: per endpoint, in the counts-cost scenario
     finish_timeout: float = 600.0
+    fsync_probe_s: float = 10.0  #: bench/fsync_probe.py at 400 commits/s, after a latency run
 
 
 FULL = Params()
 QUICK = Params(
     saturation_s=2.0, paced_s=3.0, backlog_small=2_000, backlog_big=20_000, first_k=2_000,
     rows_small=1_000, rows_big=20_000, idle_window_s=2.0, idle_settle_s=0.5, requests=20, finish_timeout=60.0,
+    fsync_probe_s=2.0,
 )
 
 
@@ -540,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
             "stores": {store: run_store(env, store, scenarios, params) for store in stores},
         }
         results["machine"]["speed probe at end (ms)"] = speed_probe()
+        if "latency" in scenarios:  # the disk's share of the latency tail: see bench/fsync_probe.py
+            disk = fsync_probe.probe(Path(tmp) / "fsync-probe.db", 400, params.fsync_probe_s)
+            results["machine"]["durable commits in the work directory at end (SQLite WAL, synchronous=FULL)"] = fsync_probe.summary(disk)
     markdown = render(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -22,11 +22,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SLOW_S = 0.008
 
 
-def probe(path: Path, rate: float, seconds: float) -> str:
+def probe(path: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """Commit times in ms: ``p50``, ``p99``, ``max``, and ``slow``: (seconds from the start,
+    ms) of every commit over :data:`SLOW_S`."""
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -47,16 +50,22 @@ def probe(path: Path, rate: float, seconds: float) -> str:
             took = time.perf_counter() - start
             durations.append(took)
             if took > SLOW_S:
-                slow.append((start - t0, took))
+                slow.append((round(start - t0, 2), round(took * 1000, 2)))
     finally:
         conn.close()
     durations.sort()
-    ms = lambda s: f"{s * 1000:.2f}"  # noqa: E731
-    listed = ", ".join(f"{at:.2f} s: {ms(took)} ms" for at, took in slow)
+    ms = lambda s: round(s * 1000, 2)  # noqa: E731
+    return {
+        "commits": n, "rate": rate, "p50": ms(durations[n // 2]), "p99": ms(durations[min(n - 1, int(n * 0.99))]),
+        "max": ms(durations[-1]), "slow": slow,
+    }  # fmt: skip
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line: the percentiles and how many commits were slow."""
     return (
-        f"{n} durable commits at {rate:g}/s in {path.parent.resolve()}: p50 {ms(durations[n // 2])} ms, "
-        f"p99 {ms(durations[min(n - 1, int(n * 0.99))])} ms, max {ms(durations[-1])} ms; "
-        f"{len(slow)} over {SLOW_S * 1000:g} ms{': ' + listed if slow else ''}"
+        f"{result['commits']} durable commits at {result['rate']:g}/s: p50 {result['p50']} ms, p99 {result['p99']} ms, "
+        f"max {result['max']} ms, {len(result['slow'])} over {SLOW_S * 1000:g} ms"
     )
 
 
@@ -64,7 +73,9 @@ def main(argv: list[str]) -> int:
     rate = float(argv[1]) if len(argv) > 1 else 400.0
     seconds = float(argv[2]) if len(argv) > 2 else 30.0
     with tempfile.TemporaryDirectory(dir=(argv[0] or None) if argv else None) as directory:
-        print(probe(Path(directory) / "probe.db", rate, seconds))
+        result = probe(Path(directory) / "probe.db", rate, seconds)
+        listed = ", ".join(f"{at:.2f} s: {took} ms" for at, took in result["slow"])
+        print(f"{summary(result)} (in {Path(directory).resolve()}){': ' + listed if listed else ''}")
     return 0
 
 
